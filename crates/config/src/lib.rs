@@ -1,0 +1,1 @@
+//! Layered, validated configuration: compiled defaults, optional file, then environment.

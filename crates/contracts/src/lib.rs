@@ -1,0 +1,1 @@
+//! Generated protobuf contracts for every Palisade service and queue event.

@@ -1,0 +1,1 @@
+//! Envelope encryption with versioned key-encryption keys: local, Azure Key Vault.

@@ -1,0 +1,1 @@
+//! The queue contract with Redis Streams and in-process implementations, and the outbox relay.

@@ -1,0 +1,1 @@
+//! Test support: throwaway Postgres databases and Redis prefixes, log capture.

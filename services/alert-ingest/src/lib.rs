@@ -1,0 +1,1 @@
+//! Partner security alerts: polled, received by webhook, deduplicated, persisted, resolved.

@@ -1,0 +1,1 @@
+//! The `palisade` operator CLI and the one-process local run.

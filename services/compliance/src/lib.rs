@@ -1,0 +1,1 @@
+//! Continuous evaluation of the partner security requirements.

@@ -1,0 +1,1 @@
+//! The SAM refresh-token vault and access-token service.

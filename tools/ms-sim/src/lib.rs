@@ -1,0 +1,1 @@
+//! A faithful simulator of the Microsoft endpoints Palisade calls.
