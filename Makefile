@@ -1,0 +1,46 @@
+# Palisade's tasks. `make help` lists them; `make ci` is exactly what CI (.ci/run) runs.
+SHELL := /bin/bash
+CARGO ?= cargo
+# nextest runs each test in its own process, in parallel; plain cargo test is the fallback.
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+ifeq ($(NEXTEST),yes)
+TEST_CMD = $(CARGO) nextest run --workspace --no-fail-fast --failure-output final
+else
+TEST_CMD = $(CARGO) test --workspace --no-fail-fast
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help run test ci fmt fmt-check lint build release test-services clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+run: ## Run all of Palisade in one process on embedded defaults (SQLite, in-process queue, ms-sim)
+	$(CARGO) run -p palisade-cli --bin palisade -- dev
+
+test: ## Run every test against real Postgres and Redis (started here if none is running)
+	scripts/test-services.sh $(TEST_CMD)
+
+ci: fmt-check lint test ## What CI runs: format check, clippy -D warnings, all tests
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+fmt-check: ## Fail if the code is not formatted
+	$(CARGO) fmt --all -- --check
+
+lint: ## clippy on every target, warnings are errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build: ## Debug build of everything
+	$(CARGO) build --workspace --all-targets
+
+release: ## Release build of the binaries
+	$(CARGO) build --release --workspace --bins
+
+test-services: ## Print the Postgres and Redis URLs the tests would use
+	scripts/test-services.sh env | grep -E '^PALISADE_TEST_'
+
+clean: ## Remove build output and local state
+	$(CARGO) clean
+	rm -rf .palisade
