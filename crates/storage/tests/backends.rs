@@ -99,8 +99,10 @@ async fn concurrent_migrations_from_many_replicas_apply_once() {
 
 #[tokio::test]
 async fn bad_urls_and_schemas_are_refused_clearly() {
-    let mut settings = palisade_storage::DatabaseSettings::default();
-    settings.url = "mysql://x".to_owned().into();
+    let settings = palisade_storage::DatabaseSettings {
+        url: "mysql://x".to_owned().into(),
+        ..Default::default()
+    };
     let err = Database::connect(&settings, "ok").await.unwrap_err();
     assert!(
         err.to_string().contains("unsupported database url scheme"),
