@@ -10,7 +10,7 @@ TEST_CMD = $(CARGO) test --workspace --no-fail-fast
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ci fmt fmt-check lint build release test-services clean
+.PHONY: help run test ci fmt fmt-check lint build release test-services helm-check clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ run: ## Run all of Palisade in one process on embedded defaults (SQLite, in-proc
 test: ## Run every test against real Postgres and Redis (started here if none is running)
 	scripts/test-services.sh $(TEST_CMD)
 
-ci: fmt-check lint test ## What CI runs: format check, clippy -D warnings, all tests
+ci: fmt-check lint test helm-check ## What CI runs: format check, clippy -D warnings, all tests, chart checks
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -40,6 +40,15 @@ release: ## Release build of the binaries
 
 test-services: ## Print the Postgres and Redis URLs the tests would use
 	scripts/test-services.sh env | grep -E '^PALISADE_TEST_'
+
+HELM_VENV := target/helm-venv
+$(HELM_VENV)/.installed: deploy/helm-check/requirements.txt
+	python3 -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install --quiet --disable-pip-version-check --ignore-requires-python -r $<
+	touch $@
+
+helm-check: $(HELM_VENV)/.installed ## Lint, render and validate the Helm chart offline, and assert its policies
+	cd deploy/helm-check && ../../$(HELM_VENV)/bin/python check_chart.py 2> >(grep -v -E 'reflector.go|symbolic link' >&2)
 
 clean: ## Remove build output and local state
 	$(CARGO) clean
