@@ -4,6 +4,19 @@
 
 use std::path::PathBuf;
 
+/// Every message with a field that holds a secret: a credential, a refresh or access token, an
+/// authorization code, a client secret or private key, a webhook signing secret.
+const SECRET_BEARING_MESSAGES: &[&str] = &[
+    ".palisade.auth.v1.CreateCredentialResponse",
+    ".palisade.tokens.v1.AppCredential",
+    ".palisade.tokens.v1.Certificate",
+    ".palisade.tokens.v1.CompleteConsentRequest",
+    ".palisade.tokens.v1.ImportRefreshTokenRequest",
+    ".palisade.tokens.v1.GetAccessTokenResponse",
+    ".palisade.notify.v1.CreateChannelRequest",
+    ".palisade.notify.v1.CreateChannelResponse",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
@@ -24,9 +37,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
+    // Type names let tools (the CLI's JSON output, reflection) find each message's descriptor.
+    let mut prost_config = prost_build::Config::new();
+    prost_config.enable_type_names();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        // Messages that carry secrets get hand-written, redacting Debug impls (src/redact.rs).
+        .skip_debug(SECRET_BEARING_MESSAGES)
+        .compile_fds_with_config(descriptors, prost_config)?;
     Ok(())
 }

@@ -46,6 +46,8 @@ pub mod palisade {
 
 pub use palisade::{alerts, auth, common, compliance, events, notify, tokens};
 
+mod redact;
+
 /// The encoded `FileDescriptorSet` of every Palisade proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/palisade_descriptor.bin"));
