@@ -1,0 +1,383 @@
+//! Sends planned deliveries: leases due rows, respects per-channel concurrency and rate
+//! limits, and records every attempt with its outcome.
+//!
+//! Retries are new due times on the same row (Svix's schedule with jitter), not sleeps, so a
+//! restart loses nothing: a delivery whose sender died is leased again once its lease runs
+//! out and is re-sent with the same id, which receivers see as the same `webhook-id`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use palisade_contracts::notify::v1::{ChannelKind, Recipient};
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::{
+    channels::{ChannelSecrets, SendOutcome},
+    engine::{Notifier, stable_id},
+    error::Result,
+    store::{AttemptRecord, AttemptResult, ChannelRecord, DeliveryRow},
+};
+
+/// A number per channel kind.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PerKind {
+    pub email: f64,
+    pub webhook: f64,
+    pub teams: f64,
+    pub slack: f64,
+    pub sms: f64,
+    pub pagerduty: f64,
+}
+
+impl PerKind {
+    fn get(&self, kind: ChannelKind) -> f64 {
+        match kind {
+            ChannelKind::Email | ChannelKind::Unspecified => self.email,
+            ChannelKind::Webhook => self.webhook,
+            ChannelKind::Teams => self.teams,
+            ChannelKind::Slack => self.slack,
+            ChannelKind::Sms => self.sms,
+            ChannelKind::Pagerduty => self.pagerduty,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Requests in flight per channel kind, across all endpoints.
+    pub concurrency: PerKind,
+    /// Requests per second per endpoint (a URL, an address, a phone, a routing key).
+    pub rate_per_endpoint: PerKind,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            concurrency: PerKind {
+                email: 8.0,
+                webhook: 64.0,
+                teams: 16.0,
+                slack: 16.0,
+                sms: 4.0,
+                pagerduty: 8.0,
+            },
+            // Published limits: Slack about 1 message/s per incoming webhook, Teams Workflows
+            // a few per second, PagerDuty 120 events/min per integration key.
+            rate_per_endpoint: PerKind {
+                email: 10.0,
+                webhook: 100.0,
+                teams: 4.0,
+                slack: 1.0,
+                sms: 1.0,
+                pagerduty: 2.0,
+            },
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub struct Limiter {
+    limits: Limits,
+    semaphores: HashMap<i32, Arc<Semaphore>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl Limiter {
+    pub fn new(limits: &Limits) -> Self {
+        let kinds = [
+            ChannelKind::Email,
+            ChannelKind::Webhook,
+            ChannelKind::Teams,
+            ChannelKind::Slack,
+            ChannelKind::Sms,
+            ChannelKind::Pagerduty,
+        ];
+        let semaphores = kinds
+            .iter()
+            .map(|k| {
+                (
+                    *k as i32,
+                    Arc::new(Semaphore::new(limits.concurrency.get(*k).max(1.0) as usize)),
+                )
+            })
+            .collect();
+        Self {
+            limits: limits.clone(),
+            semaphores,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn semaphore(&self, kind: ChannelKind) -> Arc<Semaphore> {
+        self.semaphores
+            .get(&(kind as i32))
+            .or_else(|| self.semaphores.get(&(ChannelKind::Email as i32)))
+            .cloned()
+            .expect("email semaphore exists")
+    }
+
+    /// Takes a token for the endpoint, or says how long until one is free. The burst is one
+    /// second's worth of tokens.
+    fn take(&self, kind: ChannelKind, endpoint: &str) -> Option<Duration> {
+        let rate = self.limits.rate_per_endpoint.get(kind);
+        if rate <= 0.0 {
+            return None;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let key = format!("{}|{endpoint}", kind as i32);
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: rate.max(1.0),
+            at: now,
+        });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * rate;
+        bucket.tokens = (bucket.tokens + refill).min(rate.max(1.0));
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+impl Notifier {
+    /// Leases and sends one batch of due deliveries concurrently; returns how many were
+    /// attempted.
+    pub async fn dispatch_once(self: &Arc<Self>) -> Result<usize> {
+        let now = self.now();
+        let lease_until = now + self.settings.lease.as_millis() as i64;
+        let batch = self
+            .store
+            .claim_due(now, lease_until, self.settings.batch_size)
+            .await?;
+        let n = batch.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for delivery in batch {
+            let this = Arc::clone(self);
+            tasks.spawn(async move {
+                let id = delivery.delivery.delivery_id.clone();
+                if let Err(e) = this.deliver(delivery).await {
+                    // The lease runs out and another pass takes the delivery over.
+                    tracing::error!(delivery_id = %id, error = %e, "delivery failed internally");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(n)
+    }
+
+    async fn deliver(&self, d: DeliveryRow) -> Result<()> {
+        let kind = crate::channels::kind_of(d.delivery.channel_kind);
+        let endpoint = if d.delivery.channel_id.is_empty() {
+            d.delivery.target.clone()
+        } else {
+            d.delivery.channel_id.clone()
+        };
+        if let Some(wait) = self.limits.take(kind, &endpoint) {
+            // Over the endpoint's rate: back in line, no attempt spent.
+            let now = self.now();
+            self.store
+                .release(
+                    &d.delivery.delivery_id,
+                    now + wait.as_millis() as i64 + 1,
+                    now,
+                )
+                .await?;
+            return Ok(());
+        }
+        let channel = if d.delivery.channel_id.is_empty() {
+            None
+        } else {
+            match self
+                .store
+                .get_channel(&d.delivery.partner_tenant_id, &d.delivery.channel_id)
+                .await?
+            {
+                Some(c) if c.enabled => Some(c),
+                // Deleted or disabled since planning: nobody wants these bytes any more.
+                _ => {
+                    let attempt = self.attempt_record(&d, 0, "channel deleted or disabled", 0);
+                    self.store
+                        .record_attempt(&attempt, AttemptResult::Suppressed, self.now())
+                        .await?;
+                    return Ok(());
+                }
+            }
+        };
+        let secrets = match &channel {
+            Some(c) => self.open_secrets(c).await?,
+            None => ChannelSecrets(Vec::new()),
+        };
+        let permit = self
+            .limits
+            .semaphore(kind)
+            .acquire_owned()
+            .await
+            .map_err(anyhow::Error::from)?;
+        let started = Instant::now();
+        let outcome = self.senders.send(&d, &secrets).await;
+        drop(permit);
+        drop(secrets);
+        let elapsed = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        self.settle(&d, channel.as_ref(), &outcome, elapsed).await
+    }
+
+    fn attempt_record(
+        &self,
+        d: &DeliveryRow,
+        status: u32,
+        error: &str,
+        duration_ms: u32,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id: d.delivery.delivery_id.clone(),
+            attempt: d.attempts + 1,
+            at: self.now(),
+            http_status: status,
+            error: error.to_owned(),
+            duration_ms,
+        }
+    }
+
+    /// Decides what an outcome means for the delivery and the channel.
+    async fn settle(
+        &self,
+        d: &DeliveryRow,
+        channel: Option<&ChannelRecord>,
+        outcome: &SendOutcome,
+        duration_ms: u32,
+    ) -> Result<()> {
+        let now = self.now();
+        let attempt = self.attempt_record(d, outcome.status, &outcome.detail, duration_ms);
+        if outcome.success {
+            if let Some(c) = channel.filter(|c| c.failing_since.is_some()) {
+                self.store.record_channel_success(&c.channel_id).await?;
+            }
+            self.store
+                .record_attempt(&attempt, AttemptResult::Delivered, now)
+                .await?;
+            return Ok(());
+        }
+        tracing::warn!(
+            delivery_id = %d.delivery.delivery_id,
+            status = outcome.status,
+            detail = %outcome.detail,
+            "delivery attempt failed"
+        );
+        let kind = crate::channels::kind_of(d.delivery.channel_kind);
+        let http_channel = matches!(
+            kind,
+            ChannelKind::Webhook | ChannelKind::Teams | ChannelKind::Slack
+        );
+        if let Some(c) = channel {
+            if outcome.gone() && http_channel {
+                self.store
+                    .record_attempt(&attempt, AttemptResult::Dead, now)
+                    .await?;
+                self.disable_and_tell(c, "the endpoint answered 410 Gone")
+                    .await?;
+                return Ok(());
+            }
+            let since = self
+                .store
+                .record_channel_failure(&c.channel_id, now)
+                .await?;
+            if now - since >= self.settings.disable_after.as_millis() as i64 {
+                self.store
+                    .record_attempt(&attempt, AttemptResult::Dead, now)
+                    .await?;
+                let days = self.settings.disable_after.as_secs() / 86_400;
+                self.disable_and_tell(c, &format!("it failed continuously for {days} days"))
+                    .await?;
+                return Ok(());
+            }
+        }
+        if outcome.permanent {
+            self.store
+                .record_attempt(&attempt, AttemptResult::Dead, now)
+                .await?;
+            return Ok(());
+        }
+        let result = match self.retry_delay(d, outcome) {
+            Some(delay) => AttemptResult::RetryAt(now + delay.as_millis() as i64),
+            None => AttemptResult::Dead,
+        };
+        self.store.record_attempt(&attempt, result, now).await?;
+        Ok(())
+    }
+
+    /// The wait before the next attempt, or `None` when the schedule is exhausted.
+    pub(crate) fn retry_delay(&self, d: &DeliveryRow, outcome: &SendOutcome) -> Option<Duration> {
+        let made = (d.attempts + 1).saturating_sub(d.retry_base) as usize;
+        let base = *self.settings.retry_schedule.get(made.checked_sub(1)?)?;
+        let jitter = self.settings.retry_jitter;
+        let factor = if jitter > 0.0 {
+            rand::thread_rng().gen_range(1.0 - jitter..=1.0 + jitter)
+        } else {
+            1.0
+        };
+        let mut delay = base.mul_f64(factor);
+        // Throttled or timed out: the receiver is overloaded, so give it at least a minute,
+        // longer if it asked, but never so long that an alert goes stale.
+        let timed_out = outcome.status == 0 && outcome.detail.contains("timed out");
+        if outcome.throttled() || outcome.status == 503 || timed_out {
+            let asked = outcome
+                .retry_after
+                .map(Duration::from_secs)
+                .unwrap_or_default();
+            delay = delay
+                .max(self.settings.throttle_min_delay)
+                .max(asked.min(self.settings.retry_after_max));
+        }
+        Some(delay)
+    }
+
+    /// Disables a failing endpoint and tells the partner's owners (security contact and
+    /// admin agents) by email, which does not depend on the endpoint that broke.
+    async fn disable_and_tell(&self, channel: &ChannelRecord, reason: &str) -> Result<()> {
+        self.store
+            .disable_channel(&channel.channel_id, reason)
+            .await?;
+        tracing::warn!(channel_id = %channel.channel_id, reason, "channel disabled");
+        let partner = &channel.partner_tenant_id;
+        let settings = self.effective_settings(partner).await?;
+        let destinations = self
+            .destinations(
+                partner,
+                &[Recipient::SecurityContact, Recipient::AdminAgents],
+                &[],
+                &settings.default_language,
+            )
+            .await?;
+        let ctx = serde_json::json!({"channel_name": channel.display_name, "reason": reason});
+        let event_id = stable_id("disabled", &[&channel.channel_id]);
+        let deliveries = self.plan_for(
+            partner,
+            &destinations,
+            &event_id,
+            "notification.channel_disabled",
+            "",
+            "endpoint_disabled",
+            &ctx,
+            &[],
+            None,
+            self.now(),
+        )?;
+        self.store.insert_deliveries(&deliveries).await?;
+        self.wake_dispatch.notify_one();
+        Ok(())
+    }
+}

@@ -1,0 +1,994 @@
+//! The notification engine: from an event to planned deliveries.
+//!
+//! Events are applied once (dedup on the envelope's message id) into persisted groups. One
+//! scheduler task polls the due-time indexes (groups, escalations, digests) instead of
+//! holding a task or timer per group, so a hundred thousand open groups cost rows, not
+//! memory. Every decision is committed together with the deliveries it plans, with
+//! deterministic delivery ids, so a crash and replay plan the same rows again and nothing is
+//! lost or doubled.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Timelike;
+use palisade_clock::SharedClock;
+use palisade_contracts::{
+    common::v1::Severity,
+    events::v1::Envelope,
+    notify::v1::{ChannelKind, EscalationStep, PartnerSettings, Recipient, Route},
+};
+use palisade_crypto::{Aad, EnvelopeCipher, Sealed};
+use prost::Message;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::{
+    channels::{self, ChannelSecrets, Senders, format},
+    dispatch::Limits,
+    error::{NotifierError, Result},
+    events::{self, Category, ItemSummary},
+    links::LinkSigner,
+    routing::{self, Target},
+    store::{
+        AppliedEvent, ChannelRecord, DigestAdd, EscalationStart, FlushCommit, GroupAdd, GroupState,
+        ItemUpdate, NewDelivery, NotifyStore,
+    },
+    templates::Templates,
+    validate,
+};
+
+/// A pseudo channel id in escalation steps: an SMS to the security contact's 24x7 phone.
+pub const SECURITY_CONTACT_PHONE: &str = "@security-contact-phone";
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// The notifier's public base URL, for one-click acknowledgement links.
+    pub public_url: String,
+    /// Signs acknowledgement links. When unset a random key is made at start, and links
+    /// stop working at the next restart.
+    pub link_signing_key: Option<SecretString>,
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub default_group_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub default_group_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub default_repeat_interval: Duration,
+    pub default_digest_hour: u32,
+    pub default_time_zone: String,
+    /// Delays before each retry (Svix's schedule by default); after the last, a dead letter.
+    #[serde(deserialize_with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// ±fraction of each delay, so retries of one outage do not arrive together.
+    pub retry_jitter: f64,
+    /// The least wait after a 429 or a timeout.
+    #[serde(with = "humantime_serde")]
+    pub throttle_min_delay: Duration,
+    /// The most a `Retry-After` can make us wait.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_max: Duration,
+    /// An endpoint failing without a success for this long is disabled and its owner told.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    /// How long a sender holds a delivery before another may take it over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    pub batch_size: u32,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    pub limits: Limits,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(n * 60);
+        Self {
+            public_url: "http://localhost:8089".into(),
+            link_signing_key: None,
+            link_ttl: Duration::from_secs(7 * 86_400),
+            default_group_wait: Duration::from_secs(30),
+            default_group_interval: m(5),
+            default_repeat_interval: m(4 * 60),
+            default_digest_hour: 8,
+            default_time_zone: "UTC".into(),
+            retry_schedule: vec![
+                Duration::from_secs(5),
+                m(5),
+                m(30),
+                m(120),
+                m(300),
+                m(600),
+                m(600),
+            ],
+            retry_jitter: 0.2,
+            throttle_min_delay: Duration::from_secs(60),
+            retry_after_max: m(60),
+            disable_after: Duration::from_secs(5 * 86_400),
+            lease: Duration::from_secs(60),
+            batch_size: 64,
+            poll_interval: Duration::from_secs(1),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineSettings")
+            .field("public_url", &self.public_url)
+            .field(
+                "link_signing_key",
+                &self.link_signing_key.as_ref().map(|_| "[redacted]"),
+            )
+            .field("retry_schedule", &self.retry_schedule)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineSettings {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        url::Url::parse(&self.public_url)
+            .map_err(|e| format!("notifier.engine.public_url: {e}"))?;
+        if !(0.0..1.0).contains(&self.retry_jitter) {
+            return Err("notifier.engine.retry_jitter: must be in [0, 1)".into());
+        }
+        if self.default_digest_hour > 23 {
+            return Err("notifier.engine.default_digest_hour: must be 0 to 23".into());
+        }
+        if self.default_time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return Err("notifier.engine.default_time_zone: not an IANA zone".into());
+        }
+        if self.lease < Duration::from_secs(1) || self.batch_size == 0 {
+            return Err("notifier.engine.lease and batch_size: must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// `["5s", "5m", ...]` in config files and environment.
+fn duration_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Duration>, D::Error> {
+    let raw: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
+    Ok(raw.into_iter().map(|s| s.into_inner()).collect())
+}
+
+/// A resolved destination: one recipient on one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub recipient: String,
+    pub kind: ChannelKind,
+    pub channel_id: String,
+    pub target: String,
+    pub language: &'static str,
+}
+
+pub struct Notifier {
+    pub(crate) store: Arc<dyn NotifyStore>,
+    pub(crate) cipher: EnvelopeCipher,
+    pub(crate) clock: SharedClock,
+    pub(crate) templates: Templates,
+    pub(crate) senders: Senders,
+    pub(crate) links: LinkSigner,
+    pub(crate) settings: EngineSettings,
+    pub(crate) wake_dispatch: Notify,
+    pub(crate) wake_scheduler: Notify,
+    pub(crate) limits: crate::dispatch::Limiter,
+    digest_done: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn stable_id(prefix: &str, parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u32).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    format!("{prefix}_{}", &hex::encode(h.finalize())[..32])
+}
+
+impl Notifier {
+    pub fn new(
+        store: Arc<dyn NotifyStore>,
+        cipher: EnvelopeCipher,
+        clock: SharedClock,
+        senders: Senders,
+        settings: EngineSettings,
+    ) -> Self {
+        let key = settings.link_signing_key.clone().unwrap_or_else(|| {
+            tracing::warn!(
+                "notifier.engine.link_signing_key is not set: acknowledgement links will \
+                 stop working at the next restart"
+            );
+            SecretString::from(hex::encode(rand::random::<[u8; 32]>()))
+        });
+        let links = LinkSigner::new(
+            key,
+            &settings.public_url,
+            settings.link_ttl.as_secs() as i64,
+        );
+        let limits = crate::dispatch::Limiter::new(&settings.limits);
+        Self {
+            store,
+            cipher,
+            clock,
+            templates: Templates::new(),
+            senders,
+            links,
+            settings,
+            wake_dispatch: Notify::new(),
+            wake_scheduler: Notify::new(),
+            limits,
+            digest_done: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn NotifyStore> {
+        &self.store
+    }
+
+    pub fn links(&self) -> &LinkSigner {
+        &self.links
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now_millis()
+    }
+
+    /// The partner's settings, or the operator defaults when the partner has none.
+    pub async fn effective_settings(&self, partner: &str) -> Result<PartnerSettings> {
+        let s = &self.settings;
+        let mut settings =
+            self.store
+                .get_settings(partner)
+                .await?
+                .unwrap_or_else(|| PartnerSettings {
+                    time_zone: s.default_time_zone.clone(),
+                    digest_hour: s.default_digest_hour,
+                    group_wait_seconds: s.default_group_wait.as_secs() as u32,
+                    group_interval_seconds: s.default_group_interval.as_secs() as u32,
+                    repeat_interval_seconds: s.default_repeat_interval.as_secs() as u32,
+                    escalation: Vec::new(),
+                    default_language: "en".into(),
+                });
+        // Zero would repeat an unchanged group on every tick.
+        if settings.repeat_interval_seconds == 0 {
+            settings.repeat_interval_seconds = s.default_repeat_interval.as_secs() as u32;
+        }
+        Ok(settings)
+    }
+
+    // ---------------------------------------------------------------- events
+
+    /// Applies one queue message. `Ok(false)` when it was a duplicate or not for us; either
+    /// way the caller acks it. An error means "try again later" (nack).
+    pub async fn handle_envelope(&self, envelope: &Envelope) -> Result<bool> {
+        let Some(item) = events::item_from_envelope(envelope)? else {
+            return Ok(false);
+        };
+        let partner = envelope.partner_tenant_id.as_str();
+        if partner.is_empty() || envelope.message_id.is_empty() {
+            return Err(NotifierError::invalid(
+                "envelope without partner or message id",
+            ));
+        }
+        let now = self.now();
+        let settings = self.effective_settings(partner).await?;
+        let routes = self.store.list_routes(partner).await?;
+        let snoozed = self
+            .store
+            .snoozed_until(partner, &item.fingerprint)
+            .await?
+            .is_some_and(|until| until > now);
+        let summary = serde_json::to_string(&item).map_err(anyhow::Error::from)?;
+        let mut applied = AppliedEvent {
+            message_id: envelope.message_id.clone(),
+            partner_tenant_id: partner.to_owned(),
+            now,
+            item: Some(ItemUpdate {
+                fingerprint: item.fingerprint.clone(),
+                kind: item.kind.clone(),
+                open: item.firing && !item.one_shot,
+                severity: item.severity,
+                alert_type: item.alert_type.clone(),
+                customer_tenant_id: item.customer_tenant_id.clone(),
+                subscription_id: item.subscription_id.clone(),
+                title: item.title.clone(),
+            }),
+            ..Default::default()
+        };
+        // A snoozed fingerprint still counts in the digest, but nobody is told about it.
+        if !snoozed {
+            for target in routing::route(&routes, &item) {
+                if target.digest {
+                    applied.digests.push(DigestAdd {
+                        route_id: target.route_id,
+                        fingerprint: item.fingerprint.clone(),
+                        summary: summary.clone(),
+                    });
+                    continue;
+                }
+                applied.groups.push(GroupAdd {
+                    group_key: format!("{partner}/{}", target.route_id),
+                    route_id: target.route_id,
+                    fingerprint: item.fingerprint.clone(),
+                    kind: item.kind.clone(),
+                    firing: item.firing && !item.one_shot,
+                    severity: item.severity,
+                    summary: summary.clone(),
+                    group_wait_ms: i64::from(settings.group_wait_seconds) * 1000,
+                    group_interval_ms: i64::from(settings.group_interval_seconds) * 1000,
+                    repeat_interval_ms: i64::from(settings.repeat_interval_seconds) * 1000,
+                });
+            }
+            if should_escalate(&item) {
+                let chain = frozen_chain(&settings);
+                let first_due = now + i64::from(chain[0].after_minutes) * 60_000;
+                applied.escalation = Some(EscalationStart {
+                    escalation_id: stable_id(
+                        "esc",
+                        &[partner, &item.fingerprint, &envelope.message_id],
+                    ),
+                    fingerprint: item.fingerprint.clone(),
+                    chain_proto: PartnerSettings {
+                        escalation: chain,
+                        ..Default::default()
+                    }
+                    .encode_to_vec(),
+                    first_due_at: first_due,
+                    context: summary.clone(),
+                });
+            }
+        }
+        if !item.firing {
+            applied.stop_escalation_for = Some(item.fingerprint.clone());
+        }
+        let fresh = self.store.apply_event(&applied).await?;
+        if fresh {
+            self.wake_scheduler.notify_one();
+        }
+        Ok(fresh)
+    }
+
+    // ---------------------------------------------------------------- scheduling
+
+    /// Runs every due timer once: group flushes, escalation steps and daily digests.
+    /// Returns how many notifications were planned.
+    pub async fn run_timers(&self) -> Result<usize> {
+        let mut planned = 0;
+        planned += self.flush_due_groups().await?;
+        planned += self.run_escalations().await?;
+        planned += self.run_digests().await?;
+        if planned > 0 {
+            self.wake_dispatch.notify_one();
+        }
+        Ok(planned)
+    }
+
+    pub async fn flush_due_groups(&self) -> Result<usize> {
+        let mut notified = 0;
+        loop {
+            let now = self.now();
+            let due = self.store.due_groups(now, 100).await?;
+            let batch = due.len();
+            for key in due {
+                if self.flush_group(&key).await? {
+                    notified += 1;
+                }
+            }
+            if batch < 100 {
+                return Ok(notified);
+            }
+        }
+    }
+
+    async fn flush_group(&self, key: &str) -> Result<bool> {
+        // An event can land between load and commit; the commit then fails its version
+        // check and the group is simply re-read.
+        for _ in 0..5 {
+            let Some(group) = self.store.load_group(key).await? else {
+                return Ok(false);
+            };
+            let now = self.now();
+            if group.next_flush_at > now {
+                return Ok(false);
+            }
+            let firing: Vec<_> = group.items.iter().filter(|i| i.firing).collect();
+            let resolved = group.items.len() - firing.len();
+            let mut hasher = Sha256::new();
+            for i in &firing {
+                hasher.update(format!("{}|{}\n", i.fingerprint, i.severity));
+            }
+            let hash = hex::encode(hasher.finalize());
+            let never_notified = group.last_notified_at.is_none();
+            let changed = hash != group.last_notified_hash || resolved > 0;
+            let repeat_due = group
+                .last_notified_at
+                .is_some_and(|t| now >= t + group.repeat_interval_ms);
+            // Nothing is said about alerts that came and went before anyone was told.
+            let notify = !(never_notified && firing.is_empty())
+                && (changed || (repeat_due && !firing.is_empty()));
+            let deliveries = if notify {
+                self.plan_group(&group, now).await?
+            } else {
+                Vec::new()
+            };
+            let base = if notify {
+                now
+            } else {
+                group.last_notified_at.unwrap_or(now)
+            };
+            let commit = FlushCommit {
+                group_key: key.to_owned(),
+                expected_version: group.version,
+                expected_flush_seq: group.flush_seq,
+                now,
+                deliveries,
+                notified_hash: notify.then_some(hash),
+                firing: firing.len() as i64,
+                resolved: resolved as i64,
+                next_flush_at: (!firing.is_empty()).then_some(base + group.repeat_interval_ms),
+            };
+            if self.store.commit_flush(&commit).await? {
+                return Ok(notify);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn target_for(
+        &self,
+        partner: &str,
+        route_id: &str,
+        first: &ItemSummary,
+    ) -> Result<Target> {
+        let routes: Vec<Route> = self.store.list_routes(partner).await?;
+        Ok(match routes.into_iter().find(|r| r.route_id == route_id) {
+            Some(r) => Target {
+                route_id: r.route_id.clone(),
+                recipients: r.recipients().collect(),
+                channel_ids: r.channel_ids.clone(),
+                digest: false,
+            },
+            // A default route, or a partner route deleted since: the defaults never drop it.
+            None => routing::default_target(first),
+        })
+    }
+
+    async fn plan_group(&self, group: &GroupState, now: i64) -> Result<Vec<NewDelivery>> {
+        let mut items = Vec::with_capacity(group.items.len());
+        for gi in &group.items {
+            let item: ItemSummary = serde_json::from_str(&gi.summary)
+                .map_err(|e| NotifierError::Corrupt(format!("group item summary: {e}")))?;
+            items.push(item);
+        }
+        let Some(first) = items.first().cloned() else {
+            return Ok(Vec::new());
+        };
+        let partner = &group.partner_tenant_id;
+        let settings = self.effective_settings(partner).await?;
+        let target = self.target_for(partner, &group.route_id, &first).await?;
+        let destinations = self
+            .destinations(
+                partner,
+                &target.recipients,
+                &target.channel_ids,
+                &settings.default_language,
+            )
+            .await?;
+        let event_id = format!("{}#{}", group.group_key, group.flush_seq + 1);
+        let single = items.len() == 1;
+        let (template, event_kind, fingerprint) = if single {
+            (
+                first.category.template(),
+                first.kind.clone(),
+                first.fingerprint.clone(),
+            )
+        } else {
+            ("group", "notification.group".to_owned(), String::new())
+        };
+        let ack_url = (single && first.firing && escalates_on_ack(&first))
+            .then(|| self.links.ack_url(partner, &first.fingerprint, now));
+        let firing_count = items.iter().filter(|i| i.firing && !i.one_shot).count();
+        let ctx = serde_json::json!({
+            "item": first,
+            "items": items,
+            "firing_count": firing_count,
+            "resolved_count": items.len() - firing_count,
+            "ack_url": ack_url,
+        });
+        self.plan_for(
+            partner,
+            &destinations,
+            &event_id,
+            &event_kind,
+            &fingerprint,
+            template,
+            &ctx,
+            &items,
+            ack_url.as_deref(),
+            now,
+        )
+    }
+
+    /// Renders and formats one message for every destination, in each one's language.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn plan_for(
+        &self,
+        partner: &str,
+        destinations: &[Destination],
+        event_id: &str,
+        event_kind: &str,
+        fingerprint: &str,
+        template: &str,
+        ctx: &serde_json::Value,
+        items: &[ItemSummary],
+        ack_url: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<NewDelivery>> {
+        let mut rendered_by_lang = BTreeMap::new();
+        let mut out = Vec::new();
+        for dest in destinations {
+            let rendered = match rendered_by_lang.get(dest.language) {
+                Some(r) => r,
+                None => {
+                    let r = self.templates.render(template, dest.language, ctx)?;
+                    rendered_by_lang.entry(dest.language).or_insert(r)
+                }
+            };
+            // PagerDuty keys incidents by alert: one event per item, deduped on its fingerprint.
+            let per_item: Vec<&[ItemSummary]> =
+                if dest.kind == ChannelKind::Pagerduty && items.len() > 1 {
+                    items.chunks(1).collect()
+                } else {
+                    vec![items]
+                };
+            for chunk in per_item {
+                let item_rendered;
+                let rendered = if chunk.len() == 1 && items.len() > 1 {
+                    let item_ctx = serde_json::json!({"item": chunk[0], "ack_url": ack_url});
+                    item_rendered = self.templates.render(
+                        chunk[0].category.template(),
+                        dest.language,
+                        &item_ctx,
+                    )?;
+                    &item_rendered
+                } else {
+                    rendered
+                };
+                let msg = format::Message {
+                    partner_tenant_id: partner,
+                    event_kind,
+                    rendered,
+                    items: chunk,
+                    ack_url,
+                    language: dest.language,
+                    occurred_at: now,
+                };
+                let (subject, body) = format::format(dest.kind, &msg);
+                let fp = if chunk.len() == 1 {
+                    chunk[0].fingerprint.as_str()
+                } else {
+                    fingerprint
+                };
+                out.push(NewDelivery {
+                    delivery_id: stable_id(
+                        "msg",
+                        &[
+                            event_id,
+                            dest.kind.as_str_name(),
+                            &dest.channel_id,
+                            &dest.target,
+                            fp,
+                        ],
+                    ),
+                    partner_tenant_id: partner.to_owned(),
+                    event_id: event_id.to_owned(),
+                    event_kind: event_kind.to_owned(),
+                    fingerprint: fp.to_owned(),
+                    channel_kind: dest.kind as i32,
+                    channel_id: dest.channel_id.clone(),
+                    recipient: dest.recipient.clone(),
+                    target: dest.target.clone(),
+                    language: dest.language.to_owned(),
+                    subject,
+                    body,
+                    next_attempt_at: now,
+                    created_at: now,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves recipients and channels into concrete destinations, deduplicated. When a
+    /// route names nobody reachable, the security contact is the fallback: a notification
+    /// with no recipient is a lost notification.
+    pub async fn destinations(
+        &self,
+        partner: &str,
+        recipients: &[Recipient],
+        channel_ids: &[String],
+        default_language: &str,
+    ) -> Result<Vec<Destination>> {
+        let mut out: Vec<Destination> = Vec::new();
+        let security = self.store.get_security_contact(partner).await?;
+        let mut push = |d: Destination| {
+            if !out
+                .iter()
+                .any(|o| o.kind == d.kind && o.target == d.target && o.channel_id == d.channel_id)
+            {
+                out.push(d);
+            }
+        };
+        for r in recipients {
+            match r {
+                Recipient::SecurityContact => {
+                    if let Some(c) = security.as_ref().filter(|c| !c.email.is_empty()) {
+                        push(Destination {
+                            recipient: "security_contact".into(),
+                            kind: ChannelKind::Email,
+                            channel_id: String::new(),
+                            target: c.email.clone(),
+                            language: validate::pick_language(&c.language, default_language),
+                        });
+                    }
+                }
+                Recipient::ComplianceContact => {
+                    if let Some(c) = self.store.get_compliance_contact(partner).await? {
+                        push(Destination {
+                            recipient: "compliance_contact".into(),
+                            kind: ChannelKind::Email,
+                            channel_id: String::new(),
+                            target: c.email.clone(),
+                            language: validate::pick_language(&c.language, default_language),
+                        });
+                    }
+                }
+                Recipient::AdminAgents => {
+                    let mut after: Option<String> = None;
+                    loop {
+                        let page = self
+                            .store
+                            .list_admin_agents(partner, after.as_deref(), 500)
+                            .await?;
+                        let n = page.len();
+                        for a in page {
+                            after = Some(a.agent_id.clone());
+                            if a.email.is_empty() {
+                                continue;
+                            }
+                            push(Destination {
+                                recipient: format!("admin_agent:{}", a.agent_id),
+                                kind: ChannelKind::Email,
+                                channel_id: String::new(),
+                                target: a.email.clone(),
+                                language: validate::pick_language(&a.language, default_language),
+                            });
+                        }
+                        if n < 500 {
+                            break;
+                        }
+                    }
+                }
+                Recipient::Unspecified => {}
+            }
+        }
+        for id in channel_ids {
+            if id == SECURITY_CONTACT_PHONE {
+                if let Some(c) = security.as_ref().filter(|c| !c.phone.is_empty()) {
+                    push(Destination {
+                        recipient: "security_contact_phone".into(),
+                        kind: ChannelKind::Sms,
+                        channel_id: String::new(),
+                        target: c.phone.clone(),
+                        language: validate::pick_language(&c.language, default_language),
+                    });
+                }
+                continue;
+            }
+            match self.store.get_channel(partner, id).await? {
+                Some(ch) if ch.enabled => push(Destination {
+                    recipient: format!("channel:{}", ch.channel_id),
+                    kind: channels::kind_of(ch.kind),
+                    channel_id: ch.channel_id.clone(),
+                    target: ch.target.clone(),
+                    language: validate::pick_language(&ch.language, default_language),
+                }),
+                Some(_) => tracing::debug!(channel_id = %id, "channel disabled: skipped"),
+                None => tracing::warn!(channel_id = %id, "route names a missing channel"),
+            }
+        }
+        if out.is_empty() {
+            if let Some(c) = security.as_ref().filter(|c| !c.email.is_empty()) {
+                out.push(Destination {
+                    recipient: "security_contact".into(),
+                    kind: ChannelKind::Email,
+                    channel_id: String::new(),
+                    target: c.email.clone(),
+                    language: validate::pick_language(&c.language, default_language),
+                });
+            } else {
+                tracing::warn!(partner_tenant_id = %partner, "no recipient configured: notification not planned");
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- escalation
+
+    pub async fn run_escalations(&self) -> Result<usize> {
+        let now = self.now();
+        let mut ran = 0;
+        for row in self.store.due_escalations(now, 100).await? {
+            let chain = PartnerSettings::decode(row.chain_proto.as_slice())?.escalation;
+            let item: ItemSummary = serde_json::from_str(&row.context)
+                .map_err(|e| NotifierError::Corrupt(format!("escalation context: {e}")))?;
+            let due_at = |i: usize| row.started_at + i64::from(chain[i].after_minutes) * 60_000;
+            let start = row.next_step as usize;
+            if start >= chain.len() {
+                self.store
+                    .commit_escalation_step(&row.escalation_id, row.next_step, None, &[])
+                    .await?;
+                continue;
+            }
+            // When several steps are overdue (the notifier was down), only the latest runs:
+            // paging the first rung an hour late helps nobody, and the stale ones are dropped.
+            let mut run = start;
+            while run + 1 < chain.len() && due_at(run + 1) <= now {
+                run += 1;
+            }
+            if run > start {
+                tracing::info!(escalation_id = %row.escalation_id, dropped = run - start, "stale escalation steps dropped");
+            }
+            let step = &chain[run];
+            let settings = self.effective_settings(&row.partner_tenant_id).await?;
+            let destinations = self
+                .destinations(
+                    &row.partner_tenant_id,
+                    &step.recipients().collect::<Vec<_>>(),
+                    &step.channel_ids,
+                    &settings.default_language,
+                )
+                .await?;
+            let ack_url = self
+                .links
+                .ack_url(&row.partner_tenant_id, &row.fingerprint, now);
+            let ctx = serde_json::json!({"item": item, "step": run + 1, "ack_url": ack_url});
+            let event_id = format!("{}#step{}", row.escalation_id, run + 1);
+            let deliveries = self.plan_for(
+                &row.partner_tenant_id,
+                &destinations,
+                &event_id,
+                "notification.escalation",
+                &row.fingerprint,
+                "escalation",
+                &ctx,
+                std::slice::from_ref(&item),
+                Some(&ack_url),
+                now,
+            )?;
+            let next = (run + 1 < chain.len()).then(|| ((run + 1) as u32, due_at(run + 1)));
+            if self
+                .store
+                .commit_escalation_step(&row.escalation_id, row.next_step, next, &deliveries)
+                .await?
+            {
+                ran += 1;
+            }
+        }
+        Ok(ran)
+    }
+
+    // ---------------------------------------------------------------- digest
+
+    pub async fn run_digests(&self) -> Result<usize> {
+        let now = self.now();
+        let mut sent = 0;
+        for partner in self.store.list_digest_partners().await? {
+            let settings = self.effective_settings(&partner).await?;
+            let tz: chrono_tz::Tz = settings.time_zone.parse().unwrap_or(chrono_tz::UTC);
+            let local = self.clock.now().with_timezone(&tz);
+            if local.hour() < settings.digest_hour {
+                continue;
+            }
+            let date = local.date_naive().to_string();
+            if self
+                .digest_done
+                .lock()
+                .map(|m| m.get(&partner) == Some(&date))
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            let stats = self.store.digest_stats(&partner, now).await?;
+            let items: Vec<ItemSummary> = self
+                .store
+                .list_digest_items(&partner)
+                .await?
+                .iter()
+                .filter_map(|d| serde_json::from_str(&d.summary).ok())
+                .collect();
+            let quiet = stats.open_alerts == 0
+                && stats.open_compliance_failures.is_empty()
+                && items.is_empty();
+            let deliveries = if quiet {
+                // Like Microsoft's summary: no unresolved alerts, no mail.
+                Vec::new()
+            } else {
+                let routes = self.store.list_routes(&partner).await?;
+                let mut recipients = vec![Recipient::AdminAgents, Recipient::SecurityContact];
+                let mut channel_ids = Vec::new();
+                for r in routes
+                    .iter()
+                    .filter(|r| r.mode() == palisade_contracts::notify::v1::DeliveryMode::Digest)
+                {
+                    recipients.extend(r.recipients());
+                    channel_ids.extend(r.channel_ids.iter().cloned());
+                }
+                recipients.dedup();
+                let destinations = self
+                    .destinations(
+                        &partner,
+                        &recipients,
+                        &channel_ids,
+                        &settings.default_language,
+                    )
+                    .await?;
+                let per_type: Vec<_> = stats
+                    .per_alert_type
+                    .iter()
+                    .map(|(t, n)| serde_json::json!({"alert_type": t, "count": n}))
+                    .collect();
+                let ctx = serde_json::json!({
+                    "date": date,
+                    "stats": {
+                        "open_alerts": stats.open_alerts,
+                        "customers": stats.customers,
+                        "subscriptions": stats.subscriptions,
+                        "per_alert_type": per_type,
+                        "overdue_alerts": stats.overdue_alerts,
+                        "compliance_failures": stats.open_compliance_failures,
+                    },
+                    "items": items,
+                });
+                let event_id = format!("digest:{partner}:{date}");
+                self.plan_for(
+                    &partner,
+                    &destinations,
+                    &event_id,
+                    "notification.digest",
+                    "",
+                    "digest",
+                    &ctx,
+                    &[],
+                    None,
+                    now,
+                )?
+            };
+            if self
+                .store
+                .commit_digest(&partner, &date, now, &deliveries)
+                .await?
+                && !deliveries.is_empty()
+            {
+                sent += 1;
+            }
+            if let Ok(mut m) = self.digest_done.lock() {
+                m.insert(partner.clone(), date);
+            }
+        }
+        Ok(sent)
+    }
+
+    // ---------------------------------------------------------------- secrets
+
+    pub(crate) fn secret_aad(partner: &str, channel_id: &str) -> Aad {
+        Aad::new("notify_channel_secret", partner, channel_id)
+    }
+
+    /// Seals a channel's secrets (newest first) as one record.
+    pub async fn seal_secrets(
+        &self,
+        partner: &str,
+        channel_id: &str,
+        secrets: &[SecretString],
+    ) -> Result<Vec<u8>> {
+        let joined = zeroize::Zeroizing::new(
+            secrets
+                .iter()
+                .map(|s| s.expose_secret())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        let sealed = self
+            .cipher
+            .seal(joined.as_bytes(), &Self::secret_aad(partner, channel_id))
+            .await?;
+        Ok(sealed.to_bytes())
+    }
+
+    pub async fn open_secrets(&self, channel: &ChannelRecord) -> Result<ChannelSecrets> {
+        let Some(bytes) = &channel.secret_sealed else {
+            return Ok(ChannelSecrets(Vec::new()));
+        };
+        let sealed = Sealed::from_bytes(bytes)?;
+        let plain = self
+            .cipher
+            .open(
+                &sealed,
+                &Self::secret_aad(&channel.partner_tenant_id, &channel.channel_id),
+            )
+            .await?;
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| NotifierError::Corrupt("channel secret is not utf-8".into()))?;
+        Ok(ChannelSecrets(
+            text.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(|s| SecretString::from(s.to_owned()))
+                .collect(),
+        ))
+    }
+}
+
+/// High-severity alerts and incidents escalate until acknowledged.
+fn should_escalate(item: &ItemSummary) -> bool {
+    item.firing
+        && !item.one_shot
+        && item.severity >= Severity::High as i32
+        && escalates_on_ack(item)
+        && (item.category != Category::FraudAlert
+            || item.kind == events::ALERT_RAISED
+            || item.kind == events::ALERT_REOPENED)
+}
+
+fn escalates_on_ack(item: &ItemSummary) -> bool {
+    item.category == Category::FraudAlert || item.incident
+}
+
+/// The chain as it will run, fixed when escalation starts: the partner's steps (or the
+/// default: admin agents and the security contact after 15 minutes), always ending with an
+/// SMS to the security contact's 24x7 phone.
+pub fn frozen_chain(settings: &PartnerSettings) -> Vec<EscalationStep> {
+    let mut chain = if settings.escalation.is_empty() {
+        vec![EscalationStep {
+            after_minutes: 15,
+            recipients: vec![
+                Recipient::AdminAgents as i32,
+                Recipient::SecurityContact as i32,
+            ],
+            channel_ids: Vec::new(),
+        }]
+    } else {
+        let mut steps = settings.escalation.clone();
+        steps.sort_by_key(|s| s.after_minutes);
+        steps
+    };
+    let ends_with_phone = chain
+        .last()
+        .is_some_and(|s| s.channel_ids.iter().any(|c| c == SECURITY_CONTACT_PHONE));
+    if !ends_with_phone {
+        let last = chain.last().map(|s| s.after_minutes).unwrap_or(0);
+        chain.push(EscalationStep {
+            after_minutes: last + 15,
+            recipients: Vec::new(),
+            channel_ids: vec![SECURITY_CONTACT_PHONE.to_owned()],
+        });
+    }
+    chain
+}

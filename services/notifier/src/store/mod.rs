@@ -1,0 +1,360 @@
+//! Everything the notifier persists, behind one trait with one SQL implementation that runs
+//! on Postgres and SQLite.
+//!
+//! The store is the source of truth for what must still be sent: grouping state and the
+//! notification log, escalation chains, and a planned row per recipient × channel. Every
+//! operation that changes more than one table is one transaction, so a crash at any point
+//! leaves either the old state or the new one, never half of a fan-out.
+
+mod migrations;
+mod sql;
+
+pub use migrations::MIGRATIONS;
+pub use sql::SqlStore;
+
+use palisade_contracts::notify::v1::{
+    AdminAgent, ComplianceContact, PartnerSettings, Route, SecurityContact,
+};
+
+use crate::error::Result;
+
+/// A channel as stored. The secret stays sealed until the sender needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChannelRecord {
+    pub channel_id: String,
+    pub partner_tenant_id: String,
+    pub display_name: String,
+    pub kind: i32,
+    pub target: String,
+    pub language: String,
+    pub enabled: bool,
+    pub disabled_reason: String,
+    /// `palisade_crypto::Sealed::to_bytes` of the secret(s), newline-separated when rotating.
+    pub secret_sealed: Option<Vec<u8>>,
+    pub secret_count: u32,
+    /// When the endpoint started failing without a success since; `None` when healthy.
+    pub failing_since: Option<i64>,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for ChannelRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelRecord")
+            .field("channel_id", &self.channel_id)
+            .field("partner_tenant_id", &self.partner_tenant_id)
+            .field("kind", &self.kind)
+            .field("enabled", &self.enabled)
+            .field("secret_count", &self.secret_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The latest known state of one alert or finding, for the daily digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemUpdate {
+    pub fingerprint: String,
+    pub kind: String,
+    pub open: bool,
+    pub severity: i32,
+    pub alert_type: String,
+    pub customer_tenant_id: String,
+    pub subscription_id: String,
+    pub title: String,
+}
+
+/// One item joining (or changing inside) a notification group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupAdd {
+    pub group_key: String,
+    pub route_id: String,
+    pub fingerprint: String,
+    pub kind: String,
+    pub firing: bool,
+    pub severity: i32,
+    /// JSON of [`crate::events::ItemSummary`].
+    pub summary: String,
+    pub group_wait_ms: i64,
+    pub group_interval_ms: i64,
+    pub repeat_interval_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestAdd {
+    pub route_id: String,
+    pub fingerprint: String,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscalationStart {
+    pub escalation_id: String,
+    pub fingerprint: String,
+    /// The frozen chain: an encoded `PartnerSettings` holding only `escalation`.
+    pub chain_proto: Vec<u8>,
+    pub first_due_at: i64,
+    pub context: String,
+}
+
+/// Everything one event changes, applied atomically together with its dedup record.
+#[derive(Debug, Clone, Default)]
+pub struct AppliedEvent {
+    pub message_id: String,
+    pub partner_tenant_id: String,
+    pub now: i64,
+    pub item: Option<ItemUpdate>,
+    pub groups: Vec<GroupAdd>,
+    pub digests: Vec<DigestAdd>,
+    pub escalation: Option<EscalationStart>,
+    /// The alert closed: any running escalation for this fingerprint ends.
+    pub stop_escalation_for: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupItem {
+    pub fingerprint: String,
+    pub kind: String,
+    pub firing: bool,
+    pub severity: i32,
+    pub summary: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    pub group_key: String,
+    pub partner_tenant_id: String,
+    pub route_id: String,
+    pub version: i64,
+    pub flush_seq: i64,
+    pub created_at: i64,
+    pub next_flush_at: i64,
+    pub last_notified_at: Option<i64>,
+    pub last_notified_hash: String,
+    pub group_interval_ms: i64,
+    pub repeat_interval_ms: i64,
+    pub items: Vec<GroupItem>,
+}
+
+/// The outcome of a group's timer, committed only if nobody changed the group meanwhile.
+#[derive(Debug, Clone)]
+pub struct FlushCommit {
+    pub group_key: String,
+    pub expected_version: i64,
+    pub expected_flush_seq: i64,
+    pub now: i64,
+    pub deliveries: Vec<NewDelivery>,
+    /// Set when a notification went out: the notification log entry.
+    pub notified_hash: Option<String>,
+    pub firing: i64,
+    pub resolved: i64,
+    /// `None` closes the group (nothing firing any more).
+    pub next_flush_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscalationRow {
+    pub escalation_id: String,
+    pub partner_tenant_id: String,
+    pub fingerprint: String,
+    pub chain_proto: Vec<u8>,
+    pub started_at: i64,
+    pub next_step: u32,
+    pub next_due_at: i64,
+    pub state: String,
+    pub context: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// Deterministic: replaying the same plan inserts nothing new, and it is the outbound
+    /// `webhook-id`, so a receiver can dedup a redelivery.
+    pub delivery_id: String,
+    pub partner_tenant_id: String,
+    pub event_id: String,
+    pub event_kind: String,
+    pub fingerprint: String,
+    pub channel_kind: i32,
+    pub channel_id: String,
+    pub recipient: String,
+    pub target: String,
+    pub language: String,
+    pub subject: String,
+    pub body: String,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub delivery: NewDelivery,
+    pub status: i32,
+    pub attempts: u32,
+    /// Attempts made before the last redrive: the retry schedule restarts from here.
+    pub retry_base: u32,
+    pub last_error: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub delivery_id: String,
+    pub attempt: u32,
+    pub at: i64,
+    pub http_status: u32,
+    pub error: String,
+    pub duration_ms: u32,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    Delivered,
+    RetryAt(i64),
+    Dead,
+    Suppressed,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub statuses: Vec<i32>,
+    pub fingerprint: Option<String>,
+    pub channel_id: Option<String>,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// The numbers of Microsoft's daily summary, from the items this service has seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DigestStats {
+    pub open_alerts: i64,
+    pub customers: i64,
+    pub subscriptions: i64,
+    pub per_alert_type: Vec<(String, i64)>,
+    /// Open alerts first seen more than 24 hours ago: the response-time requirement is missed.
+    pub overdue_alerts: i64,
+    pub oldest_open_alert_at: Option<i64>,
+    pub open_compliance_failures: Vec<String>,
+}
+
+#[async_trait::async_trait]
+pub trait NotifyStore: Send + Sync + 'static {
+    // People.
+    async fn set_security_contact(
+        &self,
+        partner: &str,
+        contact: &SecurityContact,
+        now: i64,
+    ) -> Result<()>;
+    async fn get_security_contact(&self, partner: &str) -> Result<Option<SecurityContact>>;
+    async fn set_compliance_contact(
+        &self,
+        partner: &str,
+        contact: &ComplianceContact,
+        now: i64,
+    ) -> Result<()>;
+    async fn get_compliance_contact(&self, partner: &str) -> Result<Option<ComplianceContact>>;
+    async fn upsert_admin_agent(&self, partner: &str, agent: &AdminAgent, now: i64) -> Result<()>;
+    async fn list_admin_agents(
+        &self,
+        partner: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AdminAgent>>;
+    async fn delete_admin_agent(&self, partner: &str, agent_id: &str) -> Result<bool>;
+
+    // Channels.
+    async fn insert_channel(&self, channel: &ChannelRecord) -> Result<()>;
+    async fn get_channel(&self, partner: &str, channel_id: &str) -> Result<Option<ChannelRecord>>;
+    async fn list_channels(
+        &self,
+        partner: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ChannelRecord>>;
+    async fn delete_channel(&self, partner: &str, channel_id: &str) -> Result<bool>;
+    async fn disable_channel(&self, channel_id: &str, reason: &str) -> Result<()>;
+    /// Records a failure; returns since when the endpoint has been failing continuously.
+    async fn record_channel_failure(&self, channel_id: &str, now: i64) -> Result<i64>;
+    async fn record_channel_success(&self, channel_id: &str) -> Result<()>;
+
+    // Routes and settings.
+    async fn insert_route(&self, partner: &str, route: &Route, now: i64) -> Result<()>;
+    async fn list_routes(&self, partner: &str) -> Result<Vec<Route>>;
+    async fn delete_route(&self, partner: &str, route_id: &str) -> Result<bool>;
+    async fn set_settings(&self, partner: &str, settings: &PartnerSettings, now: i64)
+    -> Result<()>;
+    async fn get_settings(&self, partner: &str) -> Result<Option<PartnerSettings>>;
+    /// Partners that have settings or have ever had an item: the digest's audience.
+    async fn list_digest_partners(&self) -> Result<Vec<String>>;
+
+    // Events, grouping, digest.
+    /// Applies an event once: `false` when its message id was already processed.
+    async fn apply_event(&self, event: &AppliedEvent) -> Result<bool>;
+    async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<String>>;
+    async fn next_group_due(&self) -> Result<Option<i64>>;
+    async fn load_group(&self, group_key: &str) -> Result<Option<GroupState>>;
+    /// `false` when the group changed since it was loaded; the caller reloads and retries.
+    async fn commit_flush(&self, commit: &FlushCommit) -> Result<bool>;
+    async fn list_digest_items(&self, partner: &str) -> Result<Vec<DigestAdd>>;
+    async fn digest_stats(&self, partner: &str, now: i64) -> Result<DigestStats>;
+    /// Records the day's digest and plans its deliveries; `false` if that day already ran.
+    async fn commit_digest(
+        &self,
+        partner: &str,
+        local_date: &str,
+        now: i64,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool>;
+
+    // Snooze and acknowledgement.
+    async fn snooze(&self, partner: &str, fingerprint: &str, until: i64) -> Result<()>;
+    async fn snoozed_until(&self, partner: &str, fingerprint: &str) -> Result<Option<i64>>;
+    /// Acknowledges and stops escalation; returns how many planned steps were cancelled.
+    async fn acknowledge(
+        &self,
+        partner: &str,
+        fingerprint: &str,
+        note: &str,
+        now: i64,
+    ) -> Result<u32>;
+    async fn is_acknowledged(&self, partner: &str, fingerprint: &str) -> Result<bool>;
+
+    // Escalation.
+    async fn due_escalations(&self, now: i64, limit: u32) -> Result<Vec<EscalationRow>>;
+    /// Runs a step only if the chain is still active at `expected_step`; plans its deliveries
+    /// and moves the chain on (`next` = `None` ends it).
+    async fn commit_escalation_step(
+        &self,
+        escalation_id: &str,
+        expected_step: u32,
+        next: Option<(u32, i64)>,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool>;
+    async fn get_escalation(
+        &self,
+        partner: &str,
+        fingerprint: &str,
+    ) -> Result<Option<EscalationRow>>;
+
+    // Deliveries.
+    async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<u64>;
+    /// Leases up to `limit` due deliveries (including ones whose previous lease expired,
+    /// which is how a crashed sender's work is taken over).
+    async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> Result<Vec<DeliveryRow>>;
+    async fn next_delivery_due(&self) -> Result<Option<i64>>;
+    async fn record_attempt(
+        &self,
+        attempt: &AttemptRecord,
+        result: AttemptResult,
+        now: i64,
+    ) -> Result<()>;
+    /// Puts a leased delivery back without counting an attempt (rate limit, shutdown).
+    async fn release(&self, delivery_id: &str, at: i64, now: i64) -> Result<()>;
+    async fn get_delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>>;
+    async fn list_deliveries(
+        &self,
+        partner: &str,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<(DeliveryRow, Vec<AttemptRecord>)>>;
+    async fn redrive(&self, partner: &str, delivery_ids: &[String], now: i64) -> Result<u64>;
+}

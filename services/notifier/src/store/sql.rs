@@ -1,0 +1,1178 @@
+//! [`NotifyStore`] over sqlx's `Any` driver: one set of queries for Postgres and SQLite,
+//! branching on the backend only for row locking.
+
+use palisade_contracts::notify::v1::{
+    AdminAgent, ComplianceContact, DeliveryStatus, PartnerSettings, Route, SecurityContact,
+};
+use palisade_storage::{Backend, Database};
+use prost::Message;
+use sqlx::{Row, any::AnyRow};
+
+use super::*;
+
+const STATE_ACTIVE: &str = "active";
+const STATE_ACKNOWLEDGED: &str = "acknowledged";
+const STATE_CLOSED: &str = "closed";
+const STATE_DONE: &str = "done";
+
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: Database,
+}
+
+impl SqlStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn migrate(&self) -> Result<usize> {
+        Ok(self.db.migrate(MIGRATIONS).await?)
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn pool(&self) -> &sqlx::AnyPool {
+        self.db.pool()
+    }
+}
+
+fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
+
+fn channel_from_row(r: &AnyRow) -> ChannelRecord {
+    ChannelRecord {
+        channel_id: r.get("channel_id"),
+        partner_tenant_id: r.get("partner_tenant_id"),
+        display_name: r.get("display_name"),
+        kind: r.get::<i64, _>("kind") as i32,
+        target: r.get("target"),
+        language: r.get("language"),
+        enabled: r.get::<i64, _>("enabled") != 0,
+        disabled_reason: r.get("disabled_reason"),
+        secret_sealed: r.get("secret_sealed"),
+        secret_count: r.get::<i64, _>("secret_count") as u32,
+        failing_since: r.get("failing_since"),
+        created_at: r.get("created_at"),
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "delivery_id, partner_tenant_id, event_id, event_kind, fingerprint, \
+    channel_kind, channel_id, recipient, target, language, subject, body, status, attempts, \
+    retry_base, next_attempt_at, last_error, created_at, updated_at";
+
+fn delivery_from_row(r: &AnyRow) -> DeliveryRow {
+    DeliveryRow {
+        delivery: NewDelivery {
+            delivery_id: r.get("delivery_id"),
+            partner_tenant_id: r.get("partner_tenant_id"),
+            event_id: r.get("event_id"),
+            event_kind: r.get("event_kind"),
+            fingerprint: r.get("fingerprint"),
+            channel_kind: r.get::<i64, _>("channel_kind") as i32,
+            channel_id: r.get("channel_id"),
+            recipient: r.get("recipient"),
+            target: r.get("target"),
+            language: r.get("language"),
+            subject: r.get("subject"),
+            body: r.get("body"),
+            next_attempt_at: r.get("next_attempt_at"),
+            created_at: r.get("created_at"),
+        },
+        status: r.get::<i64, _>("status") as i32,
+        attempts: r.get::<i64, _>("attempts") as u32,
+        retry_base: r.get::<i64, _>("retry_base") as u32,
+        last_error: r.get("last_error"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+fn escalation_from_row(r: &AnyRow) -> EscalationRow {
+    EscalationRow {
+        escalation_id: r.get("escalation_id"),
+        partner_tenant_id: r.get("partner_tenant_id"),
+        fingerprint: r.get("fingerprint"),
+        chain_proto: r.get("chain_proto"),
+        started_at: r.get("started_at"),
+        next_step: r.get::<i64, _>("next_step") as u32,
+        next_due_at: r.get("next_due_at"),
+        state: r.get("state"),
+        context: r.get("context"),
+    }
+}
+
+async fn insert_deliveries_in(
+    conn: &mut sqlx::AnyConnection,
+    deliveries: &[NewDelivery],
+) -> Result<u64> {
+    let mut inserted = 0;
+    for d in deliveries {
+        let res = sqlx::query(
+            "INSERT INTO deliveries (delivery_id, partner_tenant_id, event_id, event_kind, \
+             fingerprint, channel_kind, channel_id, recipient, target, language, subject, body, \
+             status, attempts, retry_base, next_attempt_at, lease_until, last_error, created_at, \
+             updated_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,0,0,$14,NULL,'',$15,$15) \
+             ON CONFLICT (delivery_id) DO NOTHING",
+        )
+        .bind(&d.delivery_id)
+        .bind(&d.partner_tenant_id)
+        .bind(&d.event_id)
+        .bind(&d.event_kind)
+        .bind(&d.fingerprint)
+        .bind(i64::from(d.channel_kind))
+        .bind(&d.channel_id)
+        .bind(&d.recipient)
+        .bind(&d.target)
+        .bind(&d.language)
+        .bind(&d.subject)
+        .bind(&d.body)
+        .bind(DeliveryStatus::Planned as i32 as i64)
+        .bind(d.next_attempt_at)
+        .bind(d.created_at)
+        .execute(&mut *conn)
+        .await?;
+        inserted += res.rows_affected();
+    }
+    Ok(inserted)
+}
+
+#[async_trait::async_trait]
+impl NotifyStore for SqlStore {
+    async fn set_security_contact(
+        &self,
+        partner: &str,
+        c: &SecurityContact,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO security_contacts (partner_tenant_id, first_name, middle_name, last_name, \
+             email, phone, is_group, language, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
+             ON CONFLICT (partner_tenant_id) DO UPDATE SET first_name = excluded.first_name, \
+             middle_name = excluded.middle_name, last_name = excluded.last_name, \
+             email = excluded.email, phone = excluded.phone, is_group = excluded.is_group, \
+             language = excluded.language, updated_at = excluded.updated_at",
+        )
+        .bind(partner)
+        .bind(&c.first_name)
+        .bind(&c.middle_name)
+        .bind(&c.last_name)
+        .bind(&c.email)
+        .bind(&c.phone)
+        .bind(flag(c.is_group))
+        .bind(&c.language)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn get_security_contact(&self, partner: &str) -> Result<Option<SecurityContact>> {
+        let row = sqlx::query(
+            "SELECT first_name, middle_name, last_name, email, phone, is_group, language, \
+             updated_at FROM security_contacts WHERE partner_tenant_id = $1",
+        )
+        .bind(partner)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| SecurityContact {
+            first_name: r.get("first_name"),
+            middle_name: r.get("middle_name"),
+            last_name: r.get("last_name"),
+            email: r.get("email"),
+            phone: r.get("phone"),
+            is_group: r.get::<i64, _>("is_group") != 0,
+            language: r.get("language"),
+            updated_at: Some(palisade_contracts::time::from_millis(r.get("updated_at"))),
+        }))
+    }
+
+    async fn set_compliance_contact(
+        &self,
+        partner: &str,
+        c: &ComplianceContact,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO compliance_contacts (partner_tenant_id, name, email, phone, language, \
+             updated_at) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (partner_tenant_id) DO UPDATE \
+             SET name = excluded.name, email = excluded.email, phone = excluded.phone, \
+             language = excluded.language, updated_at = excluded.updated_at",
+        )
+        .bind(partner)
+        .bind(&c.name)
+        .bind(&c.email)
+        .bind(&c.phone)
+        .bind(&c.language)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn get_compliance_contact(&self, partner: &str) -> Result<Option<ComplianceContact>> {
+        let row = sqlx::query(
+            "SELECT name, email, phone, language FROM compliance_contacts \
+             WHERE partner_tenant_id = $1",
+        )
+        .bind(partner)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| ComplianceContact {
+            name: r.get("name"),
+            email: r.get("email"),
+            phone: r.get("phone"),
+            language: r.get("language"),
+        }))
+    }
+
+    async fn upsert_admin_agent(&self, partner: &str, a: &AdminAgent, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO admin_agents (partner_tenant_id, agent_id, display_name, email, language, \
+             time_zone, phone, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) \
+             ON CONFLICT (partner_tenant_id, agent_id) DO UPDATE SET \
+             display_name = excluded.display_name, email = excluded.email, \
+             language = excluded.language, time_zone = excluded.time_zone, \
+             phone = excluded.phone, updated_at = excluded.updated_at",
+        )
+        .bind(partner)
+        .bind(&a.agent_id)
+        .bind(&a.display_name)
+        .bind(&a.email)
+        .bind(&a.language)
+        .bind(&a.time_zone)
+        .bind(&a.phone)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn list_admin_agents(
+        &self,
+        partner: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AdminAgent>> {
+        let rows = sqlx::query(
+            "SELECT agent_id, display_name, email, language, time_zone, phone FROM admin_agents \
+             WHERE partner_tenant_id = $1 AND agent_id > $2 ORDER BY agent_id LIMIT $3",
+        )
+        .bind(partner)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AdminAgent {
+                agent_id: r.get("agent_id"),
+                display_name: r.get("display_name"),
+                email: r.get("email"),
+                language: r.get("language"),
+                time_zone: r.get("time_zone"),
+                phone: r.get("phone"),
+            })
+            .collect())
+    }
+
+    async fn delete_admin_agent(&self, partner: &str, agent_id: &str) -> Result<bool> {
+        let res =
+            sqlx::query("DELETE FROM admin_agents WHERE partner_tenant_id = $1 AND agent_id = $2")
+                .bind(partner)
+                .bind(agent_id)
+                .execute(self.pool())
+                .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn insert_channel(&self, c: &ChannelRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO channels (channel_id, partner_tenant_id, display_name, kind, target, \
+             language, enabled, disabled_reason, secret_sealed, secret_count, failing_since, \
+             created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+        )
+        .bind(&c.channel_id)
+        .bind(&c.partner_tenant_id)
+        .bind(&c.display_name)
+        .bind(i64::from(c.kind))
+        .bind(&c.target)
+        .bind(&c.language)
+        .bind(flag(c.enabled))
+        .bind(&c.disabled_reason)
+        .bind(c.secret_sealed.clone())
+        .bind(i64::from(c.secret_count))
+        .bind(c.failing_since)
+        .bind(c.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn get_channel(&self, partner: &str, channel_id: &str) -> Result<Option<ChannelRecord>> {
+        let row =
+            sqlx::query("SELECT * FROM channels WHERE partner_tenant_id = $1 AND channel_id = $2")
+                .bind(partner)
+                .bind(channel_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.as_ref().map(channel_from_row))
+    }
+
+    async fn list_channels(
+        &self,
+        partner: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ChannelRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM channels WHERE partner_tenant_id = $1 AND channel_id > $2 \
+             ORDER BY channel_id LIMIT $3",
+        )
+        .bind(partner)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(channel_from_row).collect())
+    }
+
+    async fn delete_channel(&self, partner: &str, channel_id: &str) -> Result<bool> {
+        let res =
+            sqlx::query("DELETE FROM channels WHERE partner_tenant_id = $1 AND channel_id = $2")
+                .bind(partner)
+                .bind(channel_id)
+                .execute(self.pool())
+                .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn disable_channel(&self, channel_id: &str, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE channels SET enabled = 0, disabled_reason = $2 WHERE channel_id = $1")
+            .bind(channel_id)
+            .bind(reason)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn record_channel_failure(&self, channel_id: &str, now: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE channels SET failing_since = COALESCE(failing_since, $2) \
+             WHERE channel_id = $1 RETURNING failing_since",
+        )
+        .bind(channel_id)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row
+            .and_then(|r| r.get::<Option<i64>, _>("failing_since"))
+            .unwrap_or(now))
+    }
+
+    async fn record_channel_success(&self, channel_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE channels SET failing_since = NULL \
+             WHERE channel_id = $1 AND failing_since IS NOT NULL",
+        )
+        .bind(channel_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_route(&self, partner: &str, route: &Route, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO routes (route_id, partner_tenant_id, priority, route_proto, created_at) \
+             VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(&route.route_id)
+        .bind(partner)
+        .bind(i64::from(route.priority))
+        .bind(route.encode_to_vec())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn list_routes(&self, partner: &str) -> Result<Vec<Route>> {
+        let rows = sqlx::query(
+            "SELECT route_proto FROM routes WHERE partner_tenant_id = $1 \
+             ORDER BY priority, route_id",
+        )
+        .bind(partner)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Route::decode(
+                    r.get::<Vec<u8>, _>("route_proto").as_slice(),
+                )?)
+            })
+            .collect()
+    }
+
+    async fn delete_route(&self, partner: &str, route_id: &str) -> Result<bool> {
+        let res = sqlx::query("DELETE FROM routes WHERE partner_tenant_id = $1 AND route_id = $2")
+            .bind(partner)
+            .bind(route_id)
+            .execute(self.pool())
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn set_settings(&self, partner: &str, s: &PartnerSettings, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO partner_settings (partner_tenant_id, settings_proto, updated_at) \
+             VALUES ($1,$2,$3) ON CONFLICT (partner_tenant_id) DO UPDATE SET \
+             settings_proto = excluded.settings_proto, updated_at = excluded.updated_at",
+        )
+        .bind(partner)
+        .bind(s.encode_to_vec())
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn get_settings(&self, partner: &str) -> Result<Option<PartnerSettings>> {
+        let row =
+            sqlx::query("SELECT settings_proto FROM partner_settings WHERE partner_tenant_id = $1")
+                .bind(partner)
+                .fetch_optional(self.pool())
+                .await?;
+        row.map(|r| {
+            Ok(PartnerSettings::decode(
+                r.get::<Vec<u8>, _>("settings_proto").as_slice(),
+            )?)
+        })
+        .transpose()
+    }
+
+    async fn list_digest_partners(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT partner_tenant_id FROM partner_settings \
+             UNION SELECT DISTINCT partner_tenant_id FROM items",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    async fn apply_event(&self, e: &AppliedEvent) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let first = sqlx::query(
+            "INSERT INTO processed_events (message_id, partner_tenant_id, processed_at) \
+             VALUES ($1,$2,$3) ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(&e.message_id)
+        .bind(&e.partner_tenant_id)
+        .bind(e.now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if first == 0 {
+            return Ok(false);
+        }
+        if let Some(item) = &e.item {
+            sqlx::query(
+                "INSERT INTO items (partner_tenant_id, fingerprint, kind, open, severity, \
+                 alert_type, customer_tenant_id, subscription_id, title, first_seen_at, \
+                 last_seen_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10) \
+                 ON CONFLICT (partner_tenant_id, fingerprint) DO UPDATE SET \
+                 open = excluded.open, severity = excluded.severity, \
+                 alert_type = excluded.alert_type, title = excluded.title, \
+                 last_seen_at = excluded.last_seen_at",
+            )
+            .bind(&e.partner_tenant_id)
+            .bind(&item.fingerprint)
+            .bind(&item.kind)
+            .bind(flag(item.open))
+            .bind(i64::from(item.severity))
+            .bind(&item.alert_type)
+            .bind(&item.customer_tenant_id)
+            .bind(&item.subscription_id)
+            .bind(&item.title)
+            .bind(e.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for g in &e.groups {
+            // A new group waits group_wait; an existing one that has already notified waits
+            // at most until group_interval after its last notification.
+            sqlx::query(
+                "INSERT INTO notify_groups (group_key, partner_tenant_id, route_id, version, \
+                 flush_seq, created_at, next_flush_at, last_notified_at, last_notified_hash, \
+                 group_interval_ms, repeat_interval_ms) \
+                 VALUES ($1,$2,$3,1,0,$4,$5,NULL,'',$6,$7) \
+                 ON CONFLICT (group_key) DO UPDATE SET version = notify_groups.version + 1, \
+                 group_interval_ms = excluded.group_interval_ms, \
+                 repeat_interval_ms = excluded.repeat_interval_ms, \
+                 next_flush_at = CASE WHEN notify_groups.last_notified_at IS NULL \
+                   THEN notify_groups.next_flush_at \
+                   WHEN notify_groups.last_notified_at + excluded.group_interval_ms \
+                        < notify_groups.next_flush_at \
+                   THEN notify_groups.last_notified_at + excluded.group_interval_ms \
+                   ELSE notify_groups.next_flush_at END",
+            )
+            .bind(&g.group_key)
+            .bind(&e.partner_tenant_id)
+            .bind(&g.route_id)
+            .bind(e.now)
+            .bind(e.now + g.group_wait_ms)
+            .bind(g.group_interval_ms)
+            .bind(g.repeat_interval_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO group_items (group_key, fingerprint, kind, firing, severity, summary, \
+                 updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7) \
+                 ON CONFLICT (group_key, fingerprint) DO UPDATE SET kind = excluded.kind, \
+                 firing = excluded.firing, severity = excluded.severity, \
+                 summary = excluded.summary, updated_at = excluded.updated_at",
+            )
+            .bind(&g.group_key)
+            .bind(&g.fingerprint)
+            .bind(&g.kind)
+            .bind(flag(g.firing))
+            .bind(i64::from(g.severity))
+            .bind(&g.summary)
+            .bind(e.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in &e.digests {
+            sqlx::query(
+                "INSERT INTO digest_items (partner_tenant_id, route_id, fingerprint, summary, \
+                 added_at) VALUES ($1,$2,$3,$4,$5) \
+                 ON CONFLICT (partner_tenant_id, route_id, fingerprint) DO UPDATE SET \
+                 summary = excluded.summary, added_at = excluded.added_at",
+            )
+            .bind(&e.partner_tenant_id)
+            .bind(&d.route_id)
+            .bind(&d.fingerprint)
+            .bind(&d.summary)
+            .bind(e.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(fingerprint) = &e.stop_escalation_for {
+            sqlx::query(
+                "UPDATE escalations SET state = $3 WHERE partner_tenant_id = $1 \
+                 AND fingerprint = $2 AND state = $4",
+            )
+            .bind(&e.partner_tenant_id)
+            .bind(fingerprint)
+            .bind(STATE_CLOSED)
+            .bind(STATE_ACTIVE)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(esc) = &e.escalation {
+            // One running chain per alert: a re-raise while one runs does not start another.
+            let running = sqlx::query(
+                "SELECT escalation_id FROM escalations WHERE partner_tenant_id = $1 \
+                 AND fingerprint = $2 AND state = $3",
+            )
+            .bind(&e.partner_tenant_id)
+            .bind(&esc.fingerprint)
+            .bind(STATE_ACTIVE)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if running.is_none() {
+                // A reopened alert needs a fresh acknowledgement.
+                sqlx::query("DELETE FROM acks WHERE partner_tenant_id = $1 AND fingerprint = $2")
+                    .bind(&e.partner_tenant_id)
+                    .bind(&esc.fingerprint)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO escalations (escalation_id, partner_tenant_id, fingerprint, \
+                     chain_proto, started_at, next_step, next_due_at, state, context) \
+                     VALUES ($1,$2,$3,$4,$5,0,$6,$7,$8) ON CONFLICT (escalation_id) DO NOTHING",
+                )
+                .bind(&esc.escalation_id)
+                .bind(&e.partner_tenant_id)
+                .bind(&esc.fingerprint)
+                .bind(esc.chain_proto.clone())
+                .bind(e.now)
+                .bind(esc.first_due_at)
+                .bind(STATE_ACTIVE)
+                .bind(&esc.context)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT group_key FROM notify_groups WHERE next_flush_at <= $1 \
+             ORDER BY next_flush_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    async fn next_group_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(next_flush_at) FROM notify_groups")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.get::<Option<i64>, _>(0))
+    }
+
+    async fn load_group(&self, group_key: &str) -> Result<Option<GroupState>> {
+        let Some(g) = sqlx::query("SELECT * FROM notify_groups WHERE group_key = $1")
+            .bind(group_key)
+            .fetch_optional(self.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let items = sqlx::query(
+            "SELECT fingerprint, kind, firing, severity, summary, updated_at FROM group_items \
+             WHERE group_key = $1 ORDER BY fingerprint",
+        )
+        .bind(group_key)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Some(GroupState {
+            group_key: g.get("group_key"),
+            partner_tenant_id: g.get("partner_tenant_id"),
+            route_id: g.get("route_id"),
+            version: g.get("version"),
+            flush_seq: g.get("flush_seq"),
+            created_at: g.get("created_at"),
+            next_flush_at: g.get("next_flush_at"),
+            last_notified_at: g.get("last_notified_at"),
+            last_notified_hash: g.get("last_notified_hash"),
+            group_interval_ms: g.get("group_interval_ms"),
+            repeat_interval_ms: g.get("repeat_interval_ms"),
+            items: items
+                .iter()
+                .map(|r| GroupItem {
+                    fingerprint: r.get("fingerprint"),
+                    kind: r.get("kind"),
+                    firing: r.get::<i64, _>("firing") != 0,
+                    severity: r.get::<i64, _>("severity") as i32,
+                    summary: r.get("summary"),
+                    updated_at: r.get("updated_at"),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn commit_flush(&self, c: &FlushCommit) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        // The compare-and-set on version and flush_seq makes a flush a no-op if an event
+        // slipped in after the group was loaded, or another replica flushed first.
+        let (last_at, hash_sql) = if c.notified_hash.is_some() {
+            ("$5", "$6")
+        } else {
+            ("last_notified_at", "last_notified_hash")
+        };
+        let update = format!(
+            "UPDATE notify_groups SET flush_seq = flush_seq + 1, next_flush_at = $4, \
+             last_notified_at = {last_at}, last_notified_hash = {hash_sql} \
+             WHERE group_key = $1 AND version = $2 AND flush_seq = $3"
+        );
+        let mut q = sqlx::query(&update)
+            .bind(&c.group_key)
+            .bind(c.expected_version)
+            .bind(c.expected_flush_seq)
+            .bind(c.next_flush_at.unwrap_or(i64::MAX));
+        if let Some(hash) = &c.notified_hash {
+            q = q.bind(c.now).bind(hash.clone());
+        }
+        if q.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(hash) = &c.notified_hash {
+            let partner: String =
+                sqlx::query("SELECT partner_tenant_id FROM notify_groups WHERE group_key = $1")
+                    .bind(&c.group_key)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get(0);
+            sqlx::query(
+                "INSERT INTO notification_log (group_key, flush_seq, partner_tenant_id, \
+                 notified_at, content_hash, firing, resolved) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+            )
+            .bind(&c.group_key)
+            .bind(c.expected_flush_seq + 1)
+            .bind(partner)
+            .bind(c.now)
+            .bind(hash)
+            .bind(c.firing)
+            .bind(c.resolved)
+            .execute(&mut *tx)
+            .await?;
+            // Resolved items have been told; they leave the group.
+            sqlx::query("DELETE FROM group_items WHERE group_key = $1 AND firing = 0")
+                .bind(&c.group_key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if c.next_flush_at.is_none() {
+            sqlx::query("DELETE FROM group_items WHERE group_key = $1")
+                .bind(&c.group_key)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM notify_groups WHERE group_key = $1")
+                .bind(&c.group_key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_deliveries_in(&mut tx, &c.deliveries).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn list_digest_items(&self, partner: &str) -> Result<Vec<DigestAdd>> {
+        let rows = sqlx::query(
+            "SELECT route_id, fingerprint, summary FROM digest_items \
+             WHERE partner_tenant_id = $1 ORDER BY added_at, fingerprint",
+        )
+        .bind(partner)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DigestAdd {
+                route_id: r.get("route_id"),
+                fingerprint: r.get("fingerprint"),
+                summary: r.get("summary"),
+            })
+            .collect())
+    }
+
+    async fn digest_stats(&self, partner: &str, now: i64) -> Result<DigestStats> {
+        // Microsoft's daily summary covers alerts active in the last 60 days.
+        let window_start = now - 60 * 24 * 3_600_000;
+        let alert_filter = "partner_tenant_id = $1 AND open = 1 AND kind LIKE 'alert.%' \
+                            AND last_seen_at >= $2";
+        let totals = sqlx::query(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT customer_tenant_id), \
+             COUNT(DISTINCT subscription_id), MIN(first_seen_at) FROM items WHERE {alert_filter}"
+        ))
+        .bind(partner)
+        .bind(window_start)
+        .fetch_one(self.pool())
+        .await?;
+        let per_type = sqlx::query(&format!(
+            "SELECT alert_type, COUNT(*) FROM items WHERE {alert_filter} \
+             GROUP BY alert_type ORDER BY alert_type"
+        ))
+        .bind(partner)
+        .bind(window_start)
+        .fetch_all(self.pool())
+        .await?;
+        let overdue = sqlx::query(&format!(
+            "SELECT COUNT(*) FROM items WHERE {alert_filter} AND first_seen_at < $3"
+        ))
+        .bind(partner)
+        .bind(window_start)
+        .bind(now - 24 * 3_600_000)
+        .fetch_one(self.pool())
+        .await?;
+        let failures = sqlx::query(
+            "SELECT title FROM items WHERE partner_tenant_id = $1 AND open = 1 \
+             AND kind = 'compliance.changed' ORDER BY title",
+        )
+        .bind(partner)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(DigestStats {
+            open_alerts: totals.get(0),
+            customers: totals.get(1),
+            subscriptions: totals.get(2),
+            oldest_open_alert_at: totals.get(3),
+            per_alert_type: per_type
+                .iter()
+                .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+                .collect(),
+            overdue_alerts: overdue.get(0),
+            open_compliance_failures: failures.iter().map(|r| r.get::<String, _>(0)).collect(),
+        })
+    }
+
+    async fn commit_digest(
+        &self,
+        partner: &str,
+        local_date: &str,
+        now: i64,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let first = sqlx::query(
+            "INSERT INTO digest_runs (partner_tenant_id, local_date, ran_at) VALUES ($1,$2,$3) \
+             ON CONFLICT (partner_tenant_id, local_date) DO NOTHING",
+        )
+        .bind(partner)
+        .bind(local_date)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if first == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM digest_items WHERE partner_tenant_id = $1 AND added_at <= $2")
+            .bind(partner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        insert_deliveries_in(&mut tx, deliveries).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn snooze(&self, partner: &str, fingerprint: &str, until: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snoozes (partner_tenant_id, fingerprint, until_at) VALUES ($1,$2,$3) \
+             ON CONFLICT (partner_tenant_id, fingerprint) DO UPDATE SET until_at = excluded.until_at",
+        )
+        .bind(partner)
+        .bind(fingerprint)
+        .bind(until)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn snoozed_until(&self, partner: &str, fingerprint: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT until_at FROM snoozes WHERE partner_tenant_id = $1 AND fingerprint = $2",
+        )
+        .bind(partner)
+        .bind(fingerprint)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0)))
+    }
+
+    async fn acknowledge(
+        &self,
+        partner: &str,
+        fingerprint: &str,
+        note: &str,
+        now: i64,
+    ) -> Result<u32> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO acks (partner_tenant_id, fingerprint, acknowledged_at, note) \
+             VALUES ($1,$2,$3,$4) ON CONFLICT (partner_tenant_id, fingerprint) DO NOTHING",
+        )
+        .bind(partner)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?;
+        let running = sqlx::query(
+            "SELECT escalation_id, chain_proto, next_step FROM escalations \
+             WHERE partner_tenant_id = $1 AND fingerprint = $2 AND state = $3",
+        )
+        .bind(partner)
+        .bind(fingerprint)
+        .bind(STATE_ACTIVE)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut cancelled = 0_u32;
+        for r in &running {
+            let chain = PartnerSettings::decode(r.get::<Vec<u8>, _>("chain_proto").as_slice())?;
+            let next = r.get::<i64, _>("next_step") as usize;
+            cancelled += chain.escalation.len().saturating_sub(next) as u32;
+            sqlx::query("UPDATE escalations SET state = $2 WHERE escalation_id = $1")
+                .bind(r.get::<String, _>("escalation_id"))
+                .bind(STATE_ACKNOWLEDGED)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(cancelled)
+    }
+
+    async fn is_acknowledged(&self, partner: &str, fingerprint: &str) -> Result<bool> {
+        let row =
+            sqlx::query("SELECT 1 FROM acks WHERE partner_tenant_id = $1 AND fingerprint = $2")
+                .bind(partner)
+                .bind(fingerprint)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.is_some())
+    }
+
+    async fn due_escalations(&self, now: i64, limit: u32) -> Result<Vec<EscalationRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM escalations WHERE state = $1 AND next_due_at <= $2 \
+             ORDER BY next_due_at LIMIT $3",
+        )
+        .bind(STATE_ACTIVE)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(escalation_from_row).collect())
+    }
+
+    async fn commit_escalation_step(
+        &self,
+        escalation_id: &str,
+        expected_step: u32,
+        next: Option<(u32, i64)>,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let (next_step, next_due, state) = match next {
+            Some((step, due)) => (i64::from(step), due, STATE_ACTIVE),
+            None => (i64::from(expected_step) + 1, i64::MAX, STATE_DONE),
+        };
+        // Only the holder of the expected step moves the chain: a stale or duplicate timer
+        // (another replica, a restart) finds the step already taken and does nothing.
+        let moved = sqlx::query(
+            "UPDATE escalations SET next_step = $3, next_due_at = $4, state = $5 \
+             WHERE escalation_id = $1 AND next_step = $2 AND state = $6",
+        )
+        .bind(escalation_id)
+        .bind(i64::from(expected_step))
+        .bind(next_step)
+        .bind(next_due)
+        .bind(state)
+        .bind(STATE_ACTIVE)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        insert_deliveries_in(&mut tx, deliveries).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_escalation(
+        &self,
+        partner: &str,
+        fingerprint: &str,
+    ) -> Result<Option<EscalationRow>> {
+        let row = sqlx::query(
+            "SELECT * FROM escalations WHERE partner_tenant_id = $1 AND fingerprint = $2 \
+             ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(partner)
+        .bind(fingerprint)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(escalation_from_row))
+    }
+
+    async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<u64> {
+        let mut tx = self.pool().begin().await?;
+        let n = insert_deliveries_in(&mut tx, deliveries).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> Result<Vec<DeliveryRow>> {
+        let lock = match self.db.backend() {
+            // Replicas claim disjoint rows instead of queueing behind each other's locks.
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            // One connection, one writer: the statement is already exclusive.
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE deliveries SET status = $1, lease_until = $2, updated_at = $3 \
+             WHERE delivery_id IN (SELECT delivery_id FROM deliveries \
+               WHERE (status IN ($4, $5) AND next_attempt_at <= $3) \
+                  OR (status = $1 AND lease_until <= $3) \
+               ORDER BY next_attempt_at LIMIT $6 {lock}) \
+             RETURNING {DELIVERY_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(DeliveryStatus::Sending as i32 as i64)
+            .bind(lease_until)
+            .bind(now)
+            .bind(DeliveryStatus::Planned as i32 as i64)
+            .bind(DeliveryStatus::Retrying as i32 as i64)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
+        let mut claimed: Vec<DeliveryRow> = rows.iter().map(delivery_from_row).collect();
+        claimed.sort_by_key(|d| d.delivery.next_attempt_at);
+        Ok(claimed)
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN status = $1 THEN lease_until ELSE next_attempt_at END) \
+             FROM deliveries WHERE status IN ($1, $2, $3)",
+        )
+        .bind(DeliveryStatus::Sending as i32 as i64)
+        .bind(DeliveryStatus::Planned as i32 as i64)
+        .bind(DeliveryStatus::Retrying as i32 as i64)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.get::<Option<i64>, _>(0))
+    }
+
+    async fn record_attempt(
+        &self,
+        a: &AttemptRecord,
+        result: AttemptResult,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
+             duration_ms) VALUES ($1,$2,$3,$4,$5,$6) \
+             ON CONFLICT (delivery_id, attempt) DO NOTHING",
+        )
+        .bind(&a.delivery_id)
+        .bind(i64::from(a.attempt))
+        .bind(a.at)
+        .bind(i64::from(a.http_status))
+        .bind(&a.error)
+        .bind(i64::from(a.duration_ms))
+        .execute(&mut *tx)
+        .await?;
+        let (status, next_at) = match result {
+            AttemptResult::Delivered => (DeliveryStatus::Delivered, now),
+            AttemptResult::RetryAt(at) => (DeliveryStatus::Retrying, at),
+            AttemptResult::Dead => (DeliveryStatus::Dead, now),
+            AttemptResult::Suppressed => (DeliveryStatus::Suppressed, now),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4, \
+             lease_until = NULL, last_error = $5, updated_at = $6 WHERE delivery_id = $1",
+        )
+        .bind(&a.delivery_id)
+        .bind(status as i32 as i64)
+        .bind(i64::from(a.attempt))
+        .bind(next_at)
+        .bind(&a.error)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release(&self, delivery_id: &str, at: i64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET status = CASE WHEN attempts = 0 THEN $2 ELSE $3 END, \
+             next_attempt_at = $4, lease_until = NULL, updated_at = $5 \
+             WHERE delivery_id = $1 AND status = $6",
+        )
+        .bind(delivery_id)
+        .bind(DeliveryStatus::Planned as i32 as i64)
+        .bind(DeliveryStatus::Retrying as i32 as i64)
+        .bind(at)
+        .bind(now)
+        .bind(DeliveryStatus::Sending as i32 as i64)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn get_delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE delivery_id = $1"
+        ))
+        .bind(delivery_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(delivery_from_row))
+    }
+
+    async fn list_deliveries(
+        &self,
+        partner: &str,
+        f: &DeliveryFilter,
+    ) -> Result<Vec<(DeliveryRow, Vec<AttemptRecord>)>> {
+        // Filters are optional; binding '' and testing for it keeps one static statement.
+        let statuses: Vec<i64> = f.statuses.iter().map(|s| i64::from(*s)).collect();
+        let status_sql = if statuses.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = statuses.iter().map(|s| s.to_string()).collect();
+            format!("AND status IN ({})", list.join(","))
+        };
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE partner_tenant_id = $1 \
+             AND delivery_id > $2 AND ($3 = '' OR fingerprint = $3) \
+             AND ($4 = '' OR channel_id = $4) {status_sql} ORDER BY delivery_id LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(partner)
+            .bind(f.after.clone().unwrap_or_default())
+            .bind(f.fingerprint.clone().unwrap_or_default())
+            .bind(f.channel_id.clone().unwrap_or_default())
+            .bind(i64::from(f.limit.max(1)))
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let d = delivery_from_row(r);
+            let attempts = sqlx::query(
+                "SELECT attempt, at, http_status, error, duration_ms FROM delivery_attempts \
+                 WHERE delivery_id = $1 ORDER BY attempt",
+            )
+            .bind(&d.delivery.delivery_id)
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|a| AttemptRecord {
+                delivery_id: d.delivery.delivery_id.clone(),
+                attempt: a.get::<i64, _>("attempt") as u32,
+                at: a.get("at"),
+                http_status: a.get::<i64, _>("http_status") as u32,
+                error: a.get("error"),
+                duration_ms: a.get::<i64, _>("duration_ms") as u32,
+            })
+            .collect();
+            out.push((d, attempts));
+        }
+        Ok(out)
+    }
+
+    async fn redrive(&self, partner: &str, delivery_ids: &[String], now: i64) -> Result<u64> {
+        // A redriven delivery starts a fresh retry budget; its attempt log is kept, so the
+        // attempt counter continues and the log stays one row per real attempt.
+        let base = "UPDATE deliveries SET status = $2, next_attempt_at = $3, updated_at = $3, \
+                    retry_base = attempts, lease_until = NULL WHERE partner_tenant_id = $1 AND status = $4";
+        let mut total = 0;
+        if delivery_ids.is_empty() {
+            total += sqlx::query(base)
+                .bind(partner)
+                .bind(DeliveryStatus::Retrying as i32 as i64)
+                .bind(now)
+                .bind(DeliveryStatus::Dead as i32 as i64)
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+        } else {
+            let sql = format!("{base} AND delivery_id = $5");
+            for id in delivery_ids {
+                total += sqlx::query(&sql)
+                    .bind(partner)
+                    .bind(DeliveryStatus::Retrying as i32 as i64)
+                    .bind(now)
+                    .bind(DeliveryStatus::Dead as i32 as i64)
+                    .bind(id)
+                    .execute(self.pool())
+                    .await?
+                    .rows_affected();
+            }
+        }
+        Ok(total)
+    }
+}
