@@ -381,3 +381,87 @@ impl Notifier {
         Ok(())
     }
 }
+
+impl Notifier {
+    /// The long-running sender: keeps up to `max_in_flight` deliveries in flight, claiming
+    /// more as slots free up, so one slow endpoint never holds back the others.
+    pub async fn dispatch_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let max_in_flight = self.settings.max_in_flight.max(1);
+        let slots = Arc::new(Semaphore::new(max_in_flight));
+        let mut tasks = tokio::task::JoinSet::new();
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let free = slots
+                .available_permits()
+                .min(self.settings.batch_size as usize);
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tasks.join_next() => {}
+                }
+                continue;
+            }
+            let now = self.now();
+            let lease_until = now + self.settings.lease.as_millis() as i64;
+            let claimed = match self.store.claim_due(now, lease_until, free as u32).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming deliveries failed");
+                    tokio::time::sleep(self.settings.poll_interval).await;
+                    continue;
+                }
+            };
+            let n = claimed.len();
+            for delivery in claimed {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                    break;
+                };
+                let this = Arc::clone(&self);
+                tasks.spawn(async move {
+                    let id = delivery.delivery.delivery_id.clone();
+                    if let Err(e) = this.deliver(delivery).await {
+                        tracing::error!(delivery_id = %id, error = %e, "delivery failed internally");
+                    }
+                    drop(permit);
+                });
+            }
+            if n == free {
+                continue;
+            }
+            let wait = match self.store.next_delivery_due().await {
+                Ok(Some(at)) => Duration::from_millis((at - self.now()).clamp(0, i64::MAX) as u64),
+                _ => self.settings.poll_interval,
+            }
+            .min(self.settings.poll_interval);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake_dispatch.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Let sends in progress finish briefly; whatever is cut off is leased again later.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// The long-running timer task: one poller over the due-time indexes.
+    pub async fn timer_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.run_timers().await {
+                tracing::error!(error = %e, "timers failed");
+            }
+            let wait = match self.store.next_group_due().await {
+                Ok(Some(at)) => Duration::from_millis((at - self.now()).clamp(0, i64::MAX) as u64),
+                _ => self.settings.poll_interval,
+            }
+            .min(self.settings.poll_interval);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake_scheduler.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

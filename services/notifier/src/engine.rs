@@ -81,6 +81,8 @@ pub struct EngineSettings {
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     pub batch_size: u32,
+    /// Deliveries being sent at once by one replica, across all channels.
+    pub max_in_flight: usize,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     pub limits: Limits,
@@ -113,6 +115,7 @@ impl Default for EngineSettings {
             disable_after: Duration::from_secs(5 * 86_400),
             lease: Duration::from_secs(60),
             batch_size: 64,
+            max_in_flight: 256,
             poll_interval: Duration::from_secs(1),
             limits: Limits::default(),
         }

@@ -6,16 +6,357 @@
 //! Standard Webhooks, Teams, Slack, SMS and PagerDuty with retries, dead letters and a log of
 //! every attempt. It must never lose a notification and never spam one.
 
+pub mod auth;
 pub mod channels;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod links;
+pub mod queue;
 pub mod routing;
+pub mod service;
 pub mod store;
 pub mod templates;
 pub mod validate;
 
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use palisade_clock::SharedClock;
+use palisade_crypto::{EnvelopeCipher, LocalKek, LocalKekSettings};
+use palisade_storage::{Database, DatabaseSettings};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
 pub use engine::{EngineSettings, Notifier};
 pub use error::NotifierError;
+
+use crate::store::{NotifyStore, SqlStore};
+
+/// Everything the notifier is configured with. Defaults run locally on SQLite with no queue.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub queue: queue::QueueSettings,
+    pub kek: LocalKekSettings,
+    /// Client credentials (see [`auth::StaticCredentials`]).
+    pub credentials: Vec<auth::StaticCredential>,
+    pub channels: channels::ChannelSettings,
+    pub engine: EngineSettings,
+    /// Run the background workers (consumer, timers, dispatcher). Off for an API-only replica.
+    pub workers: Option<bool>,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+impl Settings {
+    /// Refuses a configuration that would fail later, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.engine.validate().map_err(anyhow::Error::msg)?;
+        for c in &self.credentials {
+            if hex::decode(&c.token_sha256).map(|d| d.len()) != Ok(32) {
+                anyhow::bail!(
+                    "notifier.credentials[{}].token_sha256: must be 64 hex characters",
+                    c.name
+                );
+            }
+        }
+        if self.queue.redis_url.is_empty() && self.workers.unwrap_or(true) {
+            tracing::warn!("notifier.queue.redis_url is empty: no events will be consumed");
+        }
+        Ok(())
+    }
+}
+
+/// The sockets the notifier serves on, bound by the caller (port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// The public HTTP endpoint for acknowledgement links.
+    pub http: TcpListener,
+}
+
+/// A started notifier. Dropping it does not stop it; call [`Running::stop`] or
+/// [`Running::kill`].
+pub struct Running {
+    pub core: Arc<Notifier>,
+    pub shutdown: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+    database: Database,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Graceful: stop taking work, let in-flight sends finish, close the pool.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(self.shutdown_timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.tasks.abort_all();
+        self.database.close().await;
+    }
+
+    /// A crash: every task is aborted where it stands, with leases and pending queue
+    /// entries left behind for the next start to take over.
+    pub async fn kill(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every task has ended (after `shutdown` was cancelled).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.database.close().await;
+    }
+}
+
+pub fn build_cipher(settings: &LocalKekSettings) -> anyhow::Result<EnvelopeCipher> {
+    let kek = match (&settings.keys, &settings.key_file) {
+        (Some(keys), _) => LocalKek::parse(keys).context("notifier.kek.keys")?,
+        (None, Some(path)) => LocalKek::load_or_create(path).context("notifier.kek.key_file")?,
+        (None, None) => anyhow::bail!(
+            "notifier.kek: set keys or key_file; channel secrets are encrypted at rest"
+        ),
+    };
+    Ok(EnvelopeCipher::new(Arc::new(kek)))
+}
+
+pub async fn migrate(settings: &Settings) -> anyhow::Result<usize> {
+    let db = Database::connect(&settings.database, "notify").await?;
+    let applied = SqlStore::new(db.clone()).migrate().await?;
+    db.close().await;
+    Ok(applied)
+}
+
+/// Starts the notifier: migrations, the gRPC API, the acknowledgement endpoint and, unless
+/// disabled, the event consumer, the timer task and the dispatcher.
+pub async fn start(
+    settings: Settings,
+    listeners: Listeners,
+    clock: SharedClock,
+) -> anyhow::Result<Running> {
+    settings.validate()?;
+    let database = Database::connect(&settings.database, "notify")
+        .await
+        .context("notifier.database")?;
+    let store = SqlStore::new(database.clone());
+    store
+        .migrate()
+        .await
+        .context("migrating the notify schema")?;
+    let cipher = build_cipher(&settings.kek)?;
+    let senders = channels::Senders::new(settings.channels.clone())?;
+    let store: Arc<dyn NotifyStore> = Arc::new(store);
+    let core = Arc::new(Notifier::new(
+        store,
+        cipher,
+        clock,
+        senders,
+        settings.engine.clone(),
+    ));
+    let auth: Arc<dyn auth::Authorize> =
+        Arc::new(auth::StaticCredentials::new(settings.credentials.clone()));
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // gRPC: the API, health and reflection.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<palisade_contracts::notify::v1::notification_service_server::NotificationServiceServer<service::NotificationApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(palisade_contracts::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let api =
+        palisade_contracts::notify::v1::notification_service_server::NotificationServiceServer::new(
+            service::NotificationApi::new(Arc::clone(&core), auth),
+        );
+    let grpc_shutdown = shutdown.clone();
+    let incoming = tokio_stream_listener(listeners.grpc);
+    tasks.spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(30))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(api)
+            .serve_with_incoming_shutdown(incoming, async move {
+                grpc_shutdown.cancelled().await;
+                health_reporter
+                    .set_not_serving::<palisade_contracts::notify::v1::notification_service_server::NotificationServiceServer<service::NotificationApi>>()
+                    .await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "grpc server failed");
+        }
+    });
+
+    let http_shutdown = shutdown.clone();
+    let router = http::router(Arc::clone(&core));
+    tasks.spawn(async move {
+        let result = axum::serve(listeners.http, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+
+    if settings.workers.unwrap_or(true) {
+        tasks.spawn(Arc::clone(&core).timer_loop(shutdown.clone()));
+        tasks.spawn(Arc::clone(&core).dispatch_loop(shutdown.clone()));
+        if !settings.queue.redis_url.is_empty() {
+            let consumer = queue::Consumer::new(settings.queue.clone(), Arc::clone(&core));
+            tasks.spawn(consumer.run(shutdown.clone()));
+        }
+    }
+    Ok(Running {
+        core,
+        shutdown,
+        tasks,
+        database,
+        shutdown_timeout: settings.shutdown_timeout.unwrap_or(Duration::from_secs(20)),
+    })
+}
+
+/// Serves until `shutdown` is cancelled, then stops in order: the API stops accepting, the
+/// workers release what they hold, the pool closes.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let running = start(settings, listeners, palisade_clock::system()).await?;
+    tracing::info!("notifier started");
+    shutdown.cancelled().await;
+    running.stop().await;
+    tracing::info!("notifier stopped");
+    Ok(())
+}
+
+fn tokio_stream_listener(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((accepted, listener))
+    })
+}
+
+/// The command line of `palisade-notifier`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "palisade-notifier",
+    about = "Palisade notifier: people, channels, grouping, escalation and delivery"
+)]
+pub struct Cli {
+    /// A TOML file layered over the defaults (environment `PALISADE_NOTIFIER__…` wins).
+    #[arg(long, env = "PALISADE_NOTIFIER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve the API and run the workers (the default).
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:50053")]
+        grpc_addr: std::net::SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:8089")]
+        http_addr: std::net::SocketAddr,
+    },
+    /// Apply database migrations and exit (a Kubernetes pre-upgrade hook).
+    Migrate,
+}
+
+/// Defaults, then the optional file, then `PALISADE_NOTIFIER__SECTION__KEY`, with
+/// `DATABASE_URL` and `REDIS_URL` honoured.
+pub fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Settings> {
+    use figment::providers::{Env, Format, Serialized, Toml};
+    let mut figment = figment::Figment::new();
+    if let Some(path) = file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(Env::prefixed("PALISADE_NOTIFIER__").split("__"));
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        figment = figment.merge(Serialized::default("database.url", url));
+    }
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        figment = figment.merge(Serialized::default("queue.redis_url", url));
+    }
+    let settings: Settings = figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// What `main` does: parse, configure, and serve or migrate.
+pub async fn main_with(cli: Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .json()
+        .init();
+    let settings = load_settings(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve {
+        grpc_addr: ([0, 0, 0, 0], 50053).into(),
+        http_addr: ([0, 0, 0, 0], 8089).into(),
+    }) {
+        Command::Migrate => {
+            let applied = migrate(&settings).await?;
+            tracing::info!(applied, "migrations applied");
+        }
+        Command::Serve {
+            grpc_addr,
+            http_addr,
+        } => {
+            let listeners = Listeners {
+                grpc: TcpListener::bind(grpc_addr)
+                    .await
+                    .context("binding the grpc address")?,
+                http: TcpListener::bind(http_addr)
+                    .await
+                    .context("binding the http address")?,
+            };
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                signal.cancel();
+            });
+            #[cfg(unix)]
+            {
+                let signal = shutdown.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut term) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        term.recv().await;
+                        signal.cancel();
+                    }
+                });
+            }
+            run(settings, listeners, shutdown).await?;
+        }
+    }
+    Ok(())
+}
