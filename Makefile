@@ -10,7 +10,7 @@ TEST_CMD = $(CARGO) test --workspace --no-fail-fast
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ci fmt fmt-check lint build release test-services helm-check clean
+.PHONY: help run test ci fmt fmt-check lint build release test-services helm-check bench bench-smoke clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ run: ## Run all of Palisade in one process on embedded defaults (SQLite, in-proc
 test: ## Run every test against real Postgres and Redis (started here if none is running)
 	scripts/test-services.sh $(TEST_CMD)
 
-ci: fmt-check lint test helm-check ## What CI runs: format check, clippy -D warnings, all tests, chart checks
+ci: fmt-check lint test helm-check bench-smoke ## What CI runs: format, clippy -D warnings, tests, chart checks, a bench smoke run
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -40,6 +40,12 @@ release: ## Release build of the binaries
 
 test-services: ## Print the Postgres and Redis URLs the tests would use
 	scripts/test-services.sh env | grep -E '^PALISADE_TEST_'
+
+bench: ## Every benchmark against its same-run baseline, in release mode (results in bench-results/)
+	scripts/test-services.sh $(CARGO) run --release -p palisade-bench -- --out bench-results $(BENCH_ARGS)
+
+bench-smoke: ## One short iteration of every benchmark, so the harness cannot rot (numbers mean nothing)
+	scripts/test-services.sh $(CARGO) run -p palisade-bench -- --smoke --out target/bench-smoke
 
 HELM_VENV := target/helm-venv
 $(HELM_VENV)/.installed: deploy/helm-check/requirements.txt

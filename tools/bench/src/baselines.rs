@@ -1,0 +1,173 @@
+//! The baselines each workload is compared with, measured in the same run on the same machine,
+//! because this machine is shared and noisy: only ratios mean anything.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Server};
+
+use crate::{
+    echo::{
+        EchoRequest, EchoResponse, echo_service_client::EchoServiceClient, echo_service_server,
+    },
+    loadgen::{self, Sample},
+};
+
+#[derive(Default)]
+struct Echo;
+
+#[tonic::async_trait]
+impl echo_service_server::EchoService for Echo {
+    async fn echo(
+        &self,
+        request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
+        Ok(tonic::Response::new(EchoResponse {
+            payload: request.into_inner().payload,
+        }))
+    }
+}
+
+/// Starts a bare tonic echo server on loopback.
+pub async fn start_echo() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        Server::builder()
+            .add_service(echo_service_server::EchoServiceServer::new(Echo))
+            .serve_with_incoming(tokio_stream_adapter(listener)),
+    );
+    Ok(addr)
+}
+
+fn tokio_stream_adapter(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((accepted, listener))
+    })
+}
+
+/// Unary echo calls with the shared load generator: (max throughput, latency at half of it).
+pub async fn grpc_echo(duration: Duration) -> anyhow::Result<(Sample, Sample)> {
+    let addr = start_echo().await?;
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let op = move |_i: u64| {
+        let mut client = EchoServiceClient::new(channel.clone());
+        async move {
+            client
+                .echo(EchoRequest {
+                    payload: "x".repeat(64),
+                })
+                .await?;
+            Ok(())
+        }
+    };
+    Ok(loadgen::max_then_half(duration, op).await)
+}
+
+/// Raw batched INSERTs of alert-sized rows: the ceiling for any ingest path into Postgres.
+pub async fn raw_batched_insert(
+    database_url: &str,
+    rows: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    use sqlx::Executor;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(database_url)
+        .await?;
+    pool.execute(
+        "DROP TABLE IF EXISTS bench_raw_alerts; \
+         CREATE TABLE bench_raw_alerts (alert_id TEXT PRIMARY KEY, partner_tenant_id TEXT NOT NULL, \
+         fingerprint TEXT NOT NULL, payload TEXT NOT NULL, created_at BIGINT NOT NULL)",
+    )
+    .await?;
+    let payload = "x".repeat(1500);
+    let start = std::time::Instant::now();
+    for chunk_start in (0..rows).step_by(batch) {
+        let mut builder = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO bench_raw_alerts (alert_id, partner_tenant_id, fingerprint, payload, created_at) ",
+        );
+        builder.push_values(chunk_start..(chunk_start + batch).min(rows), |mut b, i| {
+            b.push_bind(format!("a-{i}"))
+                .push_bind("partner")
+                .push_bind(format!("f-{i}"))
+                .push_bind(payload.clone())
+                .push_bind(i as i64);
+        });
+        builder.build().execute(&pool).await?;
+    }
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    pool.execute("DROP TABLE bench_raw_alerts").await?;
+    pool.close().await;
+    Ok(rate)
+}
+
+/// Raw XADD then XREADGROUP + XACK of `messages` envelope-sized entries, pipelined.
+pub async fn raw_streams(redis_url: &str, messages: usize) -> anyhow::Result<(f64, f64)> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let key = format!("bench:{{raw}}:{}", uuid::Uuid::new_v4().simple());
+    let body = vec![b'x'; 512];
+    let start = std::time::Instant::now();
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for _ in chunk {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("m")
+                .arg(&body)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+    }
+    let produce_rate = messages as f64 / start.elapsed().as_secs_f64();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut conn)
+        .await?;
+    let start = std::time::Instant::now();
+    let mut consumed = 0;
+    while consumed < messages {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(500)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(">")
+            .query_async(&mut conn)
+            .await?;
+        let ids: Vec<String> = reply
+            .keys
+            .iter()
+            .flat_map(|k| k.ids.iter().map(|i| i.id.clone()))
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        consumed += ids.len();
+        let _: i64 = redis::cmd("XACK")
+            .arg(&key)
+            .arg("g")
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await?;
+    }
+    let consume_rate = consumed as f64 / start.elapsed().as_secs_f64();
+    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+    Ok((produce_rate, consume_rate))
+}

@@ -1,0 +1,163 @@
+//! The one load generator every workload and its baseline share, so that a ratio compares the
+//! system under test and nothing else.
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub operations: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds.
+    pub histogram: Histogram<u64>,
+}
+
+impl Sample {
+    pub fn throughput(&self) -> f64 {
+        self.operations as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.histogram.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Closed loop: `concurrency` workers call `op` back to back for `duration`.
+pub async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Sample
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let merged = Arc::new(Mutex::new((new_histogram(), 0_u64, 0_u64)));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let op = op.clone();
+        let merged = merged.clone();
+        workers.push(tokio::spawn(async move {
+            let mut histogram = new_histogram();
+            let (mut ok, mut errors) = (0_u64, 0_u64);
+            let mut i = worker as u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op(i).await {
+                    Ok(()) => {
+                        ok += 1;
+                        let _ = histogram.record(t.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                i += concurrency as u64;
+            }
+            let mut m = merged.lock().await;
+            let _ = m.0.add(&histogram);
+            m.1 += ok;
+            m.2 += errors;
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = start.elapsed();
+    let (histogram, operations, errors) = Arc::try_unwrap(merged)
+        .map(|m| m.into_inner())
+        .unwrap_or_else(|_| (new_histogram(), 0, 0));
+    Sample {
+        operations,
+        errors,
+        elapsed,
+        histogram,
+    }
+}
+
+/// Finds the highest throughput over increasing concurrency, then measures latency at half of
+/// it: the "p99 at half of the maximum load" the targets speak of.
+pub async fn max_then_half<F, Fut>(duration: Duration, op: F) -> (Sample, Sample)
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let mut best: Option<(usize, Sample)> = None;
+    for concurrency in [8, 32, 64] {
+        let sample = closed_loop(concurrency, duration, op.clone()).await;
+        if best
+            .as_ref()
+            .is_none_or(|(_, b)| sample.throughput() > b.throughput())
+        {
+            best = Some((concurrency, sample));
+        }
+    }
+    let (_, max) = best.expect("at least one run");
+    let half_rate = (max.throughput() / 2.0).max(1.0);
+    let half = fixed_rate(half_rate, duration, 64, op).await;
+    (max, half)
+}
+
+/// Open loop at a fixed rate, latency measured from the intended start, so that a slow system
+/// cannot hide its queueing delay (no coordinated omission).
+pub async fn fixed_rate<F, Fut>(
+    rate_per_s: f64,
+    duration: Duration,
+    max_in_flight: usize,
+    op: F,
+) -> Sample
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let interval = Duration::from_secs_f64(1.0 / rate_per_s);
+    let total = (duration.as_secs_f64() * rate_per_s) as u64;
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let merged = Arc::new(Mutex::new((new_histogram(), 0_u64, 0_u64)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let intended = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(intended.into()).await;
+        let permit = permits.clone().acquire_owned().await;
+        let op = op.clone();
+        let merged = merged.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = op(i).await;
+            let latency = intended.elapsed().as_micros().max(1) as u64;
+            drop(permit);
+            let mut m = merged.lock().await;
+            match result {
+                Ok(()) => {
+                    let _ = m.0.record(latency);
+                    m.1 += 1;
+                }
+                Err(_) => m.2 += 1,
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed();
+    let (histogram, operations, errors) = Arc::try_unwrap(merged)
+        .map(|m| m.into_inner())
+        .unwrap_or_else(|_| (new_histogram(), 0, 0));
+    Sample {
+        operations,
+        errors,
+        elapsed,
+        histogram,
+    }
+}

@@ -1,0 +1,134 @@
+//! `make bench`: every Palisade workload against a baseline measured in the same run, printed
+//! as one table and written as JSON and a PNG chart under `bench-results/`.
+//!
+//! `--smoke` runs each workload for a moment, to prove the harness works (CI runs that);
+//! the numbers of a smoke run mean nothing.
+
+#![forbid(unsafe_code)]
+
+mod baselines;
+mod loadgen;
+mod report;
+mod rss;
+
+mod echo {
+    tonic::include_proto!("palisade.bench.v1");
+}
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+use report::Row;
+
+#[derive(Debug, Parser)]
+#[command(name = "palisade-bench")]
+struct Args {
+    /// One short iteration of everything: proves the harness, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds each measured phase runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Only workloads whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    #[arg(
+        long,
+        env = "PALISADE_TEST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    #[arg(
+        long,
+        env = "PALISADE_TEST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+}
+
+impl Args {
+    fn wants(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| name.contains(o))
+    }
+
+    fn phase(&self) -> Duration {
+        if self.smoke {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(self.seconds)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut rows: Vec<Row> = Vec::new();
+
+    if args.wants("grpc-echo") {
+        let (max, half) = baselines::grpc_echo(args.phase()).await?;
+        rows.push(Row {
+            workload: "baseline: tonic unary echo".into(),
+            throughput_per_s: Some(max.throughput()),
+            p50_ms: Some(half.quantile_ms(0.5)),
+            p99_ms: Some(half.quantile_ms(0.99)),
+            baseline: "-".into(),
+            baseline_value: None,
+            ratio: None,
+            peak_rss_mib: rss::current_process_peak_mib(),
+            target: "-".into(),
+            met: None,
+            note: format!(
+                "latency at half of the maximum throughput; {} errors",
+                max.errors + half.errors
+            ),
+            latency_quantiles_us: report::quantiles(&half.histogram),
+        });
+    }
+    if args.wants("raw-insert") {
+        let rows_n = if args.smoke { 500 } else { 50_000 };
+        let rate = baselines::raw_batched_insert(&args.database_url, rows_n, 500).await?;
+        rows.push(Row {
+            workload: "baseline: raw batched INSERT".into(),
+            throughput_per_s: Some(rate),
+            p50_ms: None,
+            p99_ms: None,
+            baseline: "-".into(),
+            baseline_value: None,
+            ratio: None,
+            peak_rss_mib: None,
+            target: "-".into(),
+            met: None,
+            note: format!("{rows_n} alert-sized rows, 500 per statement"),
+            latency_quantiles_us: Vec::new(),
+        });
+    }
+    if args.wants("raw-streams") {
+        let n = if args.smoke { 1_000 } else { 100_000 };
+        let (produce, consume) = baselines::raw_streams(&args.redis_url, n).await?;
+        rows.push(Row {
+            workload: "baseline: raw XADD / XREADGROUP+XACK".into(),
+            throughput_per_s: Some(produce),
+            p50_ms: None,
+            p99_ms: None,
+            baseline: "consume".into(),
+            baseline_value: Some(consume),
+            ratio: None,
+            peak_rss_mib: None,
+            target: "-".into(),
+            met: None,
+            note: format!("{n} messages of 512 bytes, pipelined by 500"),
+            latency_quantiles_us: Vec::new(),
+        });
+    }
+
+    report::print_table(&rows);
+    let json = report::write_json(&args.out, &rows)?;
+    println!("results: {}", json.display());
+    if let Some(chart) = report::write_chart(&args.out, &rows)? {
+        println!("chart:   {}", chart.display());
+    }
+    Ok(())
+}
