@@ -435,6 +435,9 @@ fn build_email(from: &Mailbox, d: &DeliveryRow) -> Result<lettre::Message, Strin
         .subject(d.delivery.subject.clone())
         // Stable across retries, so a mail system can drop a duplicate.
         .message_id(Some(format!("<{}@{domain}>", d.delivery.delivery_id)))
+        // lettre adds MIME-Version only to multipart messages; RFC 2045 wants it whenever
+        // there is a Content-Type.
+        .header(lettre::message::header::MIME_VERSION_1_0)
         .header(ContentType::TEXT_PLAIN)
         .body(d.delivery.body.clone())
         .map_err(|e| format!("building the message: {e}"))

@@ -501,8 +501,8 @@ impl NotifyStore for SqlStore {
             .await?;
         }
         for g in &e.groups {
-            // A new group waits group_wait; an existing one that has already notified waits
-            // at most until group_interval after its last notification.
+            // A new (or closed and now reopened) group waits group_wait; one that has
+            // already notified waits at most until group_interval after its last notification.
             sqlx::query(
                 "INSERT INTO notify_groups (group_key, partner_tenant_id, route_id, version, \
                  flush_seq, created_at, next_flush_at, last_notified_at, last_notified_hash, \
@@ -512,7 +512,8 @@ impl NotifyStore for SqlStore {
                  group_interval_ms = excluded.group_interval_ms, \
                  repeat_interval_ms = excluded.repeat_interval_ms, \
                  next_flush_at = CASE WHEN notify_groups.last_notified_at IS NULL \
-                   THEN notify_groups.next_flush_at \
+                   THEN (CASE WHEN excluded.next_flush_at < notify_groups.next_flush_at \
+                         THEN excluded.next_flush_at ELSE notify_groups.next_flush_at END) \
                    WHEN notify_groups.last_notified_at + excluded.group_interval_ms \
                         < notify_groups.next_flush_at \
                    THEN notify_groups.last_notified_at + excluded.group_interval_ms \
@@ -722,14 +723,19 @@ impl NotifyStore for SqlStore {
                 .await?;
         }
         if c.next_flush_at.is_none() {
+            // Closed, not deleted: the row keeps its flush sequence, so a group that reopens
+            // later never reuses a notification-log entry or a delivery id.
             sqlx::query("DELETE FROM group_items WHERE group_key = $1")
                 .bind(&c.group_key)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM notify_groups WHERE group_key = $1")
-                .bind(&c.group_key)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE notify_groups SET last_notified_at = NULL, last_notified_hash = '' \
+                 WHERE group_key = $1",
+            )
+            .bind(&c.group_key)
+            .execute(&mut *tx)
+            .await?;
         }
         insert_deliveries_in(&mut tx, &c.deliveries).await?;
         tx.commit().await?;
