@@ -22,7 +22,7 @@ pub const DEFAULT_SECURITY: &str = "default-security-contact";
 pub const DEFAULT_COMPLIANCE: &str = "default-compliance-contact";
 
 fn matches(route: &Route, item: &ItemSummary) -> bool {
-    (route.event_kinds.is_empty() || route.event_kinds.iter().any(|k| *k == item.kind))
+    (route.event_kinds.is_empty() || route.event_kinds.contains(&item.kind))
         && item.severity >= route.min_severity
         && (route.alert_types.is_empty()
             || route
@@ -30,10 +30,7 @@ fn matches(route: &Route, item: &ItemSummary) -> bool {
                 .iter()
                 .any(|t| t.eq_ignore_ascii_case(&item.alert_type)))
         && (route.customer_tenant_ids.is_empty()
-            || route
-                .customer_tenant_ids
-                .iter()
-                .any(|c| *c == item.customer_tenant_id))
+            || route.customer_tenant_ids.contains(&item.customer_tenant_id))
 }
 
 pub fn route(routes: &[Route], item: &ItemSummary) -> Vec<Target> {

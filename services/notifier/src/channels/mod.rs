@@ -321,10 +321,8 @@ impl Senders {
         headers: &[(&str, String)],
         guarded: bool,
     ) -> SendOutcome {
-        if guarded {
-            if let Err(e) = self.settings.ssrf.check_url(url) {
-                return SendOutcome::permanent(0, e.to_string());
-            }
+        if guarded && let Err(e) = self.settings.ssrf.check_url(url) {
+            return SendOutcome::permanent(0, e.to_string());
         }
         let mut request = client
             .post(url)

@@ -1,0 +1,644 @@
+//! The store's conformance suite: the same bodies on Postgres and on SQLite, proving the one
+//! SQL implementation means the same on both.
+
+use palisade_contracts::notify::v1::{
+    AdminAgent, ComplianceContact, DeliveryStatus, EscalationStep, PartnerSettings, Route,
+    SecurityContact,
+};
+use palisade_notifier::store::*;
+use palisade_storage::Database;
+use palisade_testkit::{TestBackend, backend_conformance};
+use prost::Message;
+
+const P: &str = "partner-1";
+const T: i64 = 1_800_000_000_000;
+
+async fn store(backend: &TestBackend) -> SqlStore {
+    let db = Database::connect(&backend.settings(), "notify")
+        .await
+        .unwrap();
+    let store = SqlStore::new(db);
+    assert!(store.migrate().await.unwrap() > 0);
+    assert_eq!(store.migrate().await.unwrap(), 0, "migrations apply once");
+    store
+}
+
+fn delivery(id: &str, at: i64) -> NewDelivery {
+    NewDelivery {
+        delivery_id: id.into(),
+        partner_tenant_id: P.into(),
+        event_id: "ev".into(),
+        event_kind: "alert.raised".into(),
+        fingerprint: "fp".into(),
+        channel_kind: 2,
+        channel_id: "ch".into(),
+        recipient: "channel:ch".into(),
+        target: "https://example.com/h".into(),
+        language: "en".into(),
+        subject: "s".into(),
+        body: "{}".into(),
+        next_attempt_at: at,
+        created_at: at,
+    }
+}
+
+fn group_add(key: &str, fp: &str, firing: bool) -> GroupAdd {
+    GroupAdd {
+        group_key: key.into(),
+        route_id: "r".into(),
+        fingerprint: fp.into(),
+        kind: "alert.raised".into(),
+        firing,
+        severity: 3,
+        summary: "{}".into(),
+        group_wait_ms: 30_000,
+        group_interval_ms: 300_000,
+        repeat_interval_ms: 3_600_000,
+    }
+}
+
+async fn people_round_trip(backend: TestBackend) {
+    let s = store(&backend).await;
+    assert!(s.get_security_contact(P).await.unwrap().is_none());
+    let contact = SecurityContact {
+        first_name: "Sécurité".into(),
+        middle_name: String::new(),
+        last_name: "チーム".into(),
+        email: "soc@example.com".into(),
+        phone: "+33123456789".into(),
+        is_group: true,
+        language: "fr".into(),
+        updated_at: None,
+    };
+    s.set_security_contact(P, &contact, T).await.unwrap();
+    s.set_security_contact(P, &contact, T + 1).await.unwrap();
+    let got = s.get_security_contact(P).await.unwrap().unwrap();
+    assert_eq!(got.last_name, "チーム");
+    assert!(got.is_group);
+    assert_eq!(
+        palisade_contracts::time::to_millis(got.updated_at.as_ref().unwrap()),
+        T + 1
+    );
+    assert!(
+        s.get_security_contact("other").await.unwrap().is_none(),
+        "scoped by partner"
+    );
+
+    let cc = ComplianceContact {
+        name: "C".into(),
+        email: "c@example.com".into(),
+        phone: String::new(),
+        language: "ja".into(),
+    };
+    s.set_compliance_contact(P, &cc, T).await.unwrap();
+    assert_eq!(s.get_compliance_contact(P).await.unwrap().unwrap(), cc);
+
+    for i in 0..5 {
+        let agent = AdminAgent {
+            agent_id: format!("a{i}"),
+            display_name: format!("A{i}"),
+            email: format!("a{i}@example.com"),
+            language: "en".into(),
+            time_zone: "UTC".into(),
+            phone: String::new(),
+        };
+        s.upsert_admin_agent(P, &agent, T).await.unwrap();
+    }
+    let page1 = s.list_admin_agents(P, None, 2).await.unwrap();
+    let page2 = s
+        .list_admin_agents(P, Some(&page1[1].agent_id), 2)
+        .await
+        .unwrap();
+    let page3 = s
+        .list_admin_agents(P, Some(&page2[1].agent_id), 2)
+        .await
+        .unwrap();
+    let ids: Vec<_> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .map(|a| a.agent_id.clone())
+        .collect();
+    assert_eq!(ids, vec!["a0", "a1", "a2", "a3", "a4"]);
+    assert!(s.delete_admin_agent(P, "a0").await.unwrap());
+    assert!(!s.delete_admin_agent(P, "a0").await.unwrap());
+    assert!(
+        s.list_admin_agents("other", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+backend_conformance!(people_round_trip, people_round_trip);
+
+async fn channels_routes_and_settings(backend: TestBackend) {
+    let s = store(&backend).await;
+    let ch = ChannelRecord {
+        channel_id: "ch1".into(),
+        partner_tenant_id: P.into(),
+        display_name: "hook".into(),
+        kind: 2,
+        target: "https://example.com/h".into(),
+        language: "ja".into(),
+        enabled: true,
+        disabled_reason: String::new(),
+        secret_sealed: Some(vec![1, 0, 255, 7]),
+        secret_count: 1,
+        failing_since: None,
+        created_at: T,
+    };
+    s.insert_channel(&ch).await.unwrap();
+    assert_eq!(s.get_channel(P, "ch1").await.unwrap().unwrap(), ch);
+    assert!(
+        s.get_channel("other", "ch1").await.unwrap().is_none(),
+        "another partner's channel is invisible"
+    );
+    assert_eq!(
+        s.record_channel_failure("ch1", T + 10).await.unwrap(),
+        T + 10
+    );
+    assert_eq!(
+        s.record_channel_failure("ch1", T + 20).await.unwrap(),
+        T + 10,
+        "failing since the first failure"
+    );
+    s.record_channel_success("ch1").await.unwrap();
+    assert_eq!(
+        s.record_channel_failure("ch1", T + 30).await.unwrap(),
+        T + 30
+    );
+    s.disable_channel("ch1", "gone").await.unwrap();
+    let disabled = s.get_channel(P, "ch1").await.unwrap().unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.disabled_reason, "gone");
+    assert_eq!(s.list_channels(P, None, 10).await.unwrap().len(), 1);
+    assert!(s.delete_channel(P, "ch1").await.unwrap());
+
+    for (id, priority) in [("r2", 2), ("r1", 1), ("r3", 1)] {
+        let route = Route {
+            route_id: id.into(),
+            display_name: id.into(),
+            priority,
+            ..Default::default()
+        };
+        s.insert_route(P, &route, T).await.unwrap();
+    }
+    let order: Vec<_> = s
+        .list_routes(P)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.route_id)
+        .collect();
+    assert_eq!(order, vec!["r1", "r3", "r2"]);
+    assert!(s.delete_route(P, "r1").await.unwrap());
+    assert!(!s.delete_route("other", "r2").await.unwrap());
+
+    let settings = PartnerSettings {
+        time_zone: "Asia/Tokyo".into(),
+        digest_hour: 9,
+        group_wait_seconds: 10,
+        group_interval_seconds: 60,
+        repeat_interval_seconds: 600,
+        escalation: vec![EscalationStep {
+            after_minutes: 5,
+            recipients: vec![1],
+            channel_ids: vec!["x".into()],
+        }],
+        default_language: "ja".into(),
+    };
+    s.set_settings(P, &settings, T).await.unwrap();
+    assert_eq!(s.get_settings(P).await.unwrap().unwrap(), settings);
+    assert_eq!(s.list_digest_partners().await.unwrap(), vec![P.to_owned()]);
+}
+backend_conformance!(channels_routes_and_settings, channels_routes_and_settings);
+
+async fn events_apply_once_and_groups_flush_by_compare_and_set(backend: TestBackend) {
+    let s = store(&backend).await;
+    let key = format!("{P}/r");
+    let event = |id: &str, fp: &str, firing: bool, now: i64| AppliedEvent {
+        message_id: id.into(),
+        partner_tenant_id: P.into(),
+        now,
+        item: Some(ItemUpdate {
+            fingerprint: fp.into(),
+            kind: "alert.raised".into(),
+            open: firing,
+            severity: 3,
+            alert_type: "t".into(),
+            customer_tenant_id: "c".into(),
+            subscription_id: "s".into(),
+            title: fp.into(),
+        }),
+        groups: vec![group_add(&key, fp, firing)],
+        ..Default::default()
+    };
+    assert!(s.apply_event(&event("m1", "a", true, T)).await.unwrap());
+    assert!(
+        !s.apply_event(&event("m1", "a", true, T)).await.unwrap(),
+        "a redelivered message applies once"
+    );
+    assert!(
+        s.due_groups(T + 29_999, 10).await.unwrap().is_empty(),
+        "group_wait"
+    );
+    assert_eq!(
+        s.due_groups(T + 30_000, 10).await.unwrap(),
+        vec![key.clone()]
+    );
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    assert_eq!(g.items.len(), 1);
+
+    // Someone changed the group after we loaded it: our flush does not commit.
+    assert!(s.apply_event(&event("m2", "b", true, T + 1)).await.unwrap());
+    let stale = FlushCommit {
+        group_key: key.clone(),
+        expected_version: g.version,
+        expected_flush_seq: g.flush_seq,
+        now: T + 30_000,
+        deliveries: vec![delivery("d-stale", T)],
+        notified_hash: Some("h".into()),
+        firing: 1,
+        resolved: 0,
+        next_flush_at: Some(T + 3_630_000),
+    };
+    assert!(!s.commit_flush(&stale).await.unwrap());
+    assert!(
+        s.get_delivery("d-stale").await.unwrap().is_none(),
+        "nothing planned by a lost race"
+    );
+
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    let commit = FlushCommit {
+        expected_version: g.version,
+        expected_flush_seq: g.flush_seq,
+        deliveries: vec![delivery("d1", T)],
+        ..stale.clone()
+    };
+    assert!(s.commit_flush(&commit).await.unwrap());
+    assert!(
+        !s.commit_flush(&commit).await.unwrap(),
+        "a second replica's flush of the same state"
+    );
+    assert!(s.get_delivery("d1").await.unwrap().is_some());
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            g.flush_seq,
+            g.last_notified_at,
+            g.last_notified_hash.as_str()
+        ),
+        (1, Some(T + 30_000), "h")
+    );
+
+    // A change after a notification is due group_interval after it, not repeat_interval.
+    assert!(
+        s.apply_event(&event("m3", "a", false, T + 40_000))
+            .await
+            .unwrap()
+    );
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    assert_eq!(g.next_flush_at, T + 330_000);
+
+    // Closing keeps the sequence, so a reopened group never reuses a log entry.
+    let close = FlushCommit {
+        group_key: key.clone(),
+        expected_version: g.version,
+        expected_flush_seq: g.flush_seq,
+        now: T + 330_000,
+        deliveries: vec![],
+        notified_hash: Some(String::new()),
+        firing: 0,
+        resolved: 2,
+        next_flush_at: None,
+    };
+    assert!(s.commit_flush(&close).await.unwrap());
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    assert!(g.items.is_empty() && g.last_notified_at.is_none() && g.next_flush_at == i64::MAX);
+    assert!(
+        s.apply_event(&event("m4", "c", true, T + 400_000))
+            .await
+            .unwrap()
+    );
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    assert_eq!(
+        (g.flush_seq, g.next_flush_at),
+        (2, T + 430_000),
+        "reopened: group_wait again"
+    );
+}
+backend_conformance!(
+    events_apply_once_and_groups_flush_by_compare_and_set,
+    events_apply_once_and_groups_flush_by_compare_and_set
+);
+
+async fn escalation_steps_move_once_and_acknowledgement_cancels(backend: TestBackend) {
+    let s = store(&backend).await;
+    let chain = PartnerSettings {
+        escalation: vec![
+            EscalationStep {
+                after_minutes: 15,
+                recipients: vec![3],
+                channel_ids: vec![],
+            },
+            EscalationStep {
+                after_minutes: 30,
+                recipients: vec![],
+                channel_ids: vec!["@phone".into()],
+            },
+        ],
+        ..Default::default()
+    };
+    let start = AppliedEvent {
+        message_id: "m1".into(),
+        partner_tenant_id: P.into(),
+        now: T,
+        escalation: Some(EscalationStart {
+            escalation_id: "e1".into(),
+            fingerprint: "fp".into(),
+            chain_proto: chain.encode_to_vec(),
+            first_due_at: T + 900_000,
+            context: "{}".into(),
+        }),
+        ..Default::default()
+    };
+    s.apply_event(&start).await.unwrap();
+    // A second raise while the chain runs does not start another.
+    let again = AppliedEvent {
+        message_id: "m2".into(),
+        escalation: Some(EscalationStart {
+            escalation_id: "e2".into(),
+            ..start.escalation.clone().unwrap()
+        }),
+        ..start.clone()
+    };
+    s.apply_event(&again).await.unwrap();
+    assert!(s.due_escalations(T + 899_999, 10).await.unwrap().is_empty());
+    let due = s.due_escalations(T + 900_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].escalation_id, "e1");
+    assert!(
+        s.commit_escalation_step("e1", 0, Some((1, T + 1_800_000)), &[delivery("step1", T)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.commit_escalation_step("e1", 0, Some((1, T + 1_800_000)), &[delivery("dup", T)])
+            .await
+            .unwrap(),
+        "a stale timer for step 0 does nothing"
+    );
+    assert!(s.get_delivery("dup").await.unwrap().is_none());
+    assert!(!s.is_acknowledged(P, "fp").await.unwrap());
+    assert_eq!(
+        s.acknowledge(P, "fp", "mine", T + 1_000_000).await.unwrap(),
+        1
+    );
+    assert!(s.is_acknowledged(P, "fp").await.unwrap());
+    assert!(
+        s.due_escalations(T + 9_999_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.get_escalation(P, "fp").await.unwrap().unwrap().state,
+        "acknowledged"
+    );
+
+    // A resolve closes a running chain.
+    let other = AppliedEvent {
+        message_id: "m3".into(),
+        escalation: Some(EscalationStart {
+            escalation_id: "e3".into(),
+            fingerprint: "fp2".into(),
+            ..start.escalation.clone().unwrap()
+        }),
+        ..start.clone()
+    };
+    s.apply_event(&other).await.unwrap();
+    s.apply_event(&AppliedEvent {
+        message_id: "m4".into(),
+        partner_tenant_id: P.into(),
+        now: T,
+        stop_escalation_for: Some("fp2".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        s.due_escalations(T + 9_999_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    s.snooze(P, "fp", T + 7 * 86_400_000).await.unwrap();
+    assert_eq!(
+        s.snoozed_until(P, "fp").await.unwrap(),
+        Some(T + 7 * 86_400_000)
+    );
+    assert_eq!(s.snoozed_until("other", "fp").await.unwrap(), None);
+}
+backend_conformance!(
+    escalation_steps_move_once_and_acknowledgement_cancels,
+    escalation_steps_move_once_and_acknowledgement_cancels
+);
+
+async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
+    let s = store(&backend).await;
+    assert_eq!(
+        s.insert_deliveries(&[delivery("d1", T), delivery("d2", T + 5_000)])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.insert_deliveries(&[delivery("d1", T)]).await.unwrap(),
+        0,
+        "planning is idempotent"
+    );
+    let claimed = s.claim_due(T, T + 60_000, 10).await.unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|d| d.delivery.delivery_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["d1"]
+    );
+    assert_eq!(claimed[0].status, DeliveryStatus::Sending as i32);
+    assert!(
+        s.claim_due(T + 1_000, T + 61_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    // The sender died: after the lease the delivery is taken over.
+    let retaken = s.claim_due(T + 60_000, T + 120_000, 10).await.unwrap();
+    assert_eq!(retaken.len(), 2);
+    let attempt = |n: u32, status: u32| AttemptRecord {
+        delivery_id: "d1".into(),
+        attempt: n,
+        at: T + 60_000,
+        http_status: status,
+        error: format!("http {status}"),
+        duration_ms: 12,
+    };
+    s.record_attempt(
+        &attempt(1, 500),
+        AttemptResult::RetryAt(T + 65_000),
+        T + 60_000,
+    )
+    .await
+    .unwrap();
+    s.release("d2", T + 70_000, T + 60_000).await.unwrap();
+    let d2 = s.get_delivery("d2").await.unwrap().unwrap();
+    assert_eq!(
+        (d2.status, d2.attempts, d2.delivery.next_attempt_at),
+        (DeliveryStatus::Planned as i32, 0, T + 70_000)
+    );
+    let d1 = s.get_delivery("d1").await.unwrap().unwrap();
+    assert_eq!(
+        (d1.status, d1.attempts),
+        (DeliveryStatus::Retrying as i32, 1)
+    );
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(T + 65_000));
+
+    s.claim_due(T + 65_000, T + 125_000, 1).await.unwrap();
+    s.record_attempt(&attempt(2, 503), AttemptResult::Dead, T + 65_000)
+        .await
+        .unwrap();
+    let dead = s
+        .list_deliveries(
+            P,
+            &DeliveryFilter {
+                statuses: vec![DeliveryStatus::Dead as i32],
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].1.iter().map(|a| a.http_status).collect::<Vec<_>>(),
+        vec![500, 503]
+    );
+    assert!(
+        s.list_deliveries(
+            "other",
+            &DeliveryFilter {
+                limit: 10,
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert_eq!(
+        s.redrive("other", &[], T + 70_000).await.unwrap(),
+        0,
+        "another partner cannot redrive"
+    );
+    assert_eq!(s.redrive(P, &[], T + 70_000).await.unwrap(), 1);
+    let d1 = s.get_delivery("d1").await.unwrap().unwrap();
+    assert_eq!(
+        (d1.status, d1.attempts, d1.retry_base),
+        (DeliveryStatus::Retrying as i32, 2, 2)
+    );
+    let filtered = s
+        .list_deliveries(
+            P,
+            &DeliveryFilter {
+                fingerprint: Some("fp".into()),
+                channel_id: Some("ch".into()),
+                after: Some("d1".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1, "keyset pagination after d1");
+}
+backend_conformance!(
+    deliveries_lease_retry_dead_letter_and_redrive,
+    deliveries_lease_retry_dead_letter_and_redrive
+);
+
+async fn digest_runs_once_per_local_day_with_microsofts_numbers(backend: TestBackend) {
+    let s = store(&backend).await;
+    for (i, (fp, customer, kind, open)) in [
+        ("a1", "c1", "alert.raised", true),
+        ("a2", "c1", "alert.raised", true),
+        ("a3", "c2", "alert.updated", true),
+        ("a4", "c3", "alert.resolved", false),
+        ("compliance:mfa", "", "compliance.changed", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = AppliedEvent {
+            message_id: format!("m{i}"),
+            partner_tenant_id: P.into(),
+            now: T,
+            item: Some(ItemUpdate {
+                fingerprint: fp.into(),
+                kind: kind.into(),
+                open,
+                severity: 3,
+                alert_type: "cryptoMining".into(),
+                customer_tenant_id: customer.into(),
+                subscription_id: format!("sub-{customer}"),
+                title: format!("title {fp}"),
+            }),
+            digests: vec![DigestAdd {
+                route_id: "r".into(),
+                fingerprint: fp.into(),
+                summary: "{}".into(),
+            }],
+            ..Default::default()
+        };
+        s.apply_event(&e).await.unwrap();
+    }
+    let stats = s.digest_stats(P, T + 25 * 3_600_000).await.unwrap();
+    assert_eq!(
+        (
+            stats.open_alerts,
+            stats.customers,
+            stats.subscriptions,
+            stats.overdue_alerts
+        ),
+        (3, 2, 2, 3)
+    );
+    assert_eq!(stats.per_alert_type, vec![("cryptoMining".to_owned(), 3)]);
+    assert_eq!(
+        stats.open_compliance_failures,
+        vec!["title compliance:mfa".to_owned()]
+    );
+    let old = s.digest_stats(P, T + 61 * 86_400_000).await.unwrap();
+    assert_eq!(old.open_alerts, 0, "only alerts active in the last 60 days");
+    assert_eq!(s.list_digest_items(P).await.unwrap().len(), 5);
+    assert!(
+        s.commit_digest(P, "2027-01-15", T + 1, &[delivery("dg", T)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.commit_digest(P, "2027-01-15", T + 2, &[delivery("dg2", T)])
+            .await
+            .unwrap(),
+        "once per day"
+    );
+    assert!(s.get_delivery("dg2").await.unwrap().is_none());
+    assert!(
+        s.list_digest_items(P).await.unwrap().is_empty(),
+        "collected items are consumed"
+    );
+}
+backend_conformance!(
+    digest_runs_once_per_local_day_with_microsofts_numbers,
+    digest_runs_once_per_local_day_with_microsofts_numbers
+);
