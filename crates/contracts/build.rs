@@ -15,6 +15,8 @@ const SECRET_BEARING_MESSAGES: &[&str] = &[
     ".palisade.tokens.v1.GetAccessTokenResponse",
     ".palisade.notify.v1.CreateChannelRequest",
     ".palisade.notify.v1.CreateChannelResponse",
+    ".palisade.notify.v1.RotateChannelSecretRequest",
+    ".palisade.notify.v1.RotateChannelSecretResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

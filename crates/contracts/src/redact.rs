@@ -100,6 +100,26 @@ impl fmt::Debug for notify::CreateChannelResponse {
     }
 }
 
+impl fmt::Debug for notify::RotateChannelSecretRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateChannelSecretRequest")
+            .field("partner_tenant_id", &self.partner_tenant_id)
+            .field("channel_id", &self.channel_id)
+            .field("new_secret", &redacted_if_set(&self.new_secret))
+            .field("previous_valid_hours", &self.previous_valid_hours)
+            .finish()
+    }
+}
+
+impl fmt::Debug for notify::RotateChannelSecretResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateChannelSecretResponse")
+            .field("channel", &self.channel)
+            .field("generated_secret", &redacted_if_set(&self.generated_secret))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +185,20 @@ mod tests {
             format!(
                 "{:?}",
                 notify::CreateChannelResponse {
+                    generated_secret: SECRET.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                notify::RotateChannelSecretRequest {
+                    new_secret: SECRET.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                notify::RotateChannelSecretResponse {
                     generated_secret: SECRET.into(),
                     ..Default::default()
                 }
