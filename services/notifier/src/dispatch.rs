@@ -53,7 +53,8 @@ impl PerKind {
 pub struct Limits {
     /// Requests in flight per channel kind, across all endpoints.
     pub concurrency: PerKind,
-    /// Requests per second per endpoint (a URL, an address, a phone, a routing key).
+    /// Requests per second per endpoint (a URL, an address, a phone, a routing key); zero
+    /// means unlimited.
     pub rate_per_endpoint: PerKind,
 }
 
@@ -463,5 +464,52 @@ impl Notifier {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_are_per_endpoint_and_refill() {
+        let limits = Limits {
+            rate_per_endpoint: PerKind {
+                email: 0.0,
+                webhook: 2.0,
+                teams: 1.0,
+                slack: 1.0,
+                sms: 1.0,
+                pagerduty: 2.0,
+            },
+            ..Default::default()
+        };
+        let limiter = Limiter::new(&limits);
+        assert!(limiter.take(ChannelKind::Webhook, "a").is_none());
+        assert!(limiter.take(ChannelKind::Webhook, "a").is_none());
+        let wait = limiter
+            .take(ChannelKind::Webhook, "a")
+            .expect("third in the same second waits");
+        assert!(wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            limiter.take(ChannelKind::Webhook, "b").is_none(),
+            "another endpoint has its own bucket"
+        );
+        assert!(limiter.take(ChannelKind::Slack, "a").is_none());
+        assert!(
+            limiter.take(ChannelKind::Slack, "a").is_some(),
+            "slack: one a second"
+        );
+        for _ in 0..100 {
+            assert!(
+                limiter.take(ChannelKind::Email, "x").is_none(),
+                "zero is unlimited"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            limiter.take(ChannelKind::Webhook, "a").is_none(),
+            "refilled"
+        );
     }
 }

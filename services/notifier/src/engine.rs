@@ -926,6 +926,46 @@ impl Notifier {
         Ok(sealed.to_bytes())
     }
 
+    /// Puts `new` first and keeps the channel's current secrets signing for `keep_ms` more.
+    pub async fn rotate_secret(
+        &self,
+        channel: &ChannelRecord,
+        new: SecretString,
+        keep_ms: i64,
+    ) -> Result<u32> {
+        let now = self.now();
+        let mut entries = vec![new];
+        if let Some(bytes) = &channel.secret_sealed {
+            let sealed = Sealed::from_bytes(bytes)?;
+            let plain = self
+                .cipher
+                .open(
+                    &sealed,
+                    &Self::secret_aad(&channel.partner_tenant_id, &channel.channel_id),
+                )
+                .await?;
+            let text = std::str::from_utf8(&plain)
+                .map_err(|_| NotifierError::Corrupt("channel secret is not utf-8".into()))?;
+            for entry in text.split(' ').filter(|s| !s.is_empty()) {
+                let (secret, expires) = match entry.split_once('|') {
+                    Some((s, e)) => (s, e.parse::<i64>().unwrap_or(0).min(now + keep_ms)),
+                    None => (entry, now + keep_ms),
+                };
+                if expires > now {
+                    entries.push(SecretString::from(format!("{secret}|{expires}")));
+                }
+            }
+        }
+        let sealed = self
+            .seal_secrets(&channel.partner_tenant_id, &channel.channel_id, &entries)
+            .await?;
+        let count = entries.len() as u32;
+        self.store
+            .update_channel_secret(&channel.channel_id, &sealed, count)
+            .await?;
+        Ok(count)
+    }
+
     pub async fn open_secrets(&self, channel: &ChannelRecord) -> Result<ChannelSecrets> {
         let Some(bytes) = &channel.secret_sealed else {
             return Ok(ChannelSecrets(Vec::new()));
@@ -940,9 +980,18 @@ impl Notifier {
             .await?;
         let text = std::str::from_utf8(&plain)
             .map_err(|_| NotifierError::Corrupt("channel secret is not utf-8".into()))?;
+        // Entries are "secret" or "secret|expires_at_millis" (a previous secret during a
+        // rotation); expired ones no longer sign.
+        let now = self.now();
         Ok(ChannelSecrets(
             text.split(' ')
                 .filter(|s| !s.is_empty())
+                .filter_map(|entry| match entry.split_once('|') {
+                    None => Some(entry),
+                    Some((secret, expires)) => {
+                        (expires.parse::<i64>().unwrap_or(0) > now).then_some(secret)
+                    }
+                })
                 .map(|s| SecretString::from(s.to_owned()))
                 .collect(),
         ))

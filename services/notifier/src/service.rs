@@ -559,6 +559,50 @@ impl NotificationService for NotificationApi {
         }))
     }
 
+    async fn rotate_channel_secret(
+        &self,
+        request: Request<RotateChannelSecretRequest>,
+    ) -> Rpc<RotateChannelSecretResponse> {
+        let partner = request.get_ref().partner_tenant_id.clone();
+        self.authorize(&request, &partner, Scope::NotifyAdmin)
+            .await?;
+        let r = request.into_inner();
+        let channel = self
+            .store()
+            .get_channel(&partner, &r.channel_id)
+            .await?
+            .ok_or(NotifierError::NotFound("channel"))?;
+        if channel.kind != ChannelKind::Webhook as i32 {
+            return Err(NotifierError::FailedPrecondition(
+                "only webhook channels have signing secrets".into(),
+            )
+            .into());
+        }
+        let hours = match r.previous_valid_hours {
+            0 => 24,
+            h if h <= 168 => h,
+            _ => return Err(NotifierError::invalid("previous_valid_hours: at most 168").into()),
+        };
+        let (new, generated) = if r.new_secret.is_empty() {
+            let s = signing::generate_secret();
+            let shown = s.expose_secret().to_owned();
+            (s, Some(shown))
+        } else {
+            signing::decode_secret(&r.new_secret)?;
+            (SecretString::from(r.new_secret.clone()), None)
+        };
+        let count = self
+            .core
+            .rotate_secret(&channel, new, i64::from(hours) * 3_600_000)
+            .await?;
+        let mut proto = channel_to_proto(&channel);
+        proto.active_secret_count = count;
+        Ok(Response::new(RotateChannelSecretResponse {
+            channel: Some(proto),
+            generated_secret: generated.unwrap_or_default(),
+        }))
+    }
+
     async fn create_route(&self, request: Request<CreateRouteRequest>) -> Rpc<CreateRouteResponse> {
         let partner = request.get_ref().partner_tenant_id.clone();
         self.authorize(&request, &partner, Scope::NotifyAdmin)

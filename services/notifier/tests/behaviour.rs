@@ -343,6 +343,70 @@ async fn webhook_teams_slack_and_pagerduty_bytes_on_the_wire() {
     assert_eq!(p[1].json()["event_action"], "resolve");
     assert_eq!(p[1].json()["dedup_key"], "fp-wire");
 
+    // Rotation: both the new and the previous secret sign until the previous one expires.
+    let rotated = api(&h)
+        .rotate_channel_secret(req(RotateChannelSecretRequest {
+            partner_tenant_id: PARTNER.into(),
+            channel_id: hook.channel.as_ref().unwrap().channel_id.clone(),
+            new_secret: String::new(),
+            previous_valid_hours: 1,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.channel.as_ref().unwrap().active_secret_count, 2);
+    let new_secret = rotated.generated_secret.clone();
+    let verifies = |r: &Received, secret: &str| {
+        let key = STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(
+            format!(
+                "{}.{}.",
+                r.header("webhook-id"),
+                r.header("webhook-timestamp")
+            )
+            .as_bytes(),
+        );
+        mac.update(&r.body);
+        let expected = STANDARD.encode(mac.finalize().into_bytes());
+        r.header("webhook-signature")
+            .split(' ')
+            .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+    };
+    h.core
+        .handle_envelope(&raised(
+            &alert("fp-rot-1", Severity::Medium as i32, "c1"),
+            h.now(),
+        ))
+        .await
+        .unwrap();
+    h.advance(Duration::from_secs(300));
+    h.settle().await;
+    let during = h.http.at("/hook").last().cloned().unwrap();
+    assert_eq!(during.header("webhook-signature").split(' ').count(), 2);
+    assert!(
+        verifies(&during, &secret) && verifies(&during, &new_secret),
+        "both keys sign during the rotation"
+    );
+    h.advance(Duration::from_secs(3600));
+    h.core
+        .handle_envelope(&raised(
+            &alert("fp-rot-2", Severity::Medium as i32, "c1"),
+            h.now(),
+        ))
+        .await
+        .unwrap();
+    h.advance(Duration::from_secs(300));
+    h.settle().await;
+    let after = h.http.at("/hook").last().cloned().unwrap();
+    assert_eq!(after.header("webhook-signature").split(' ').count(), 1);
+    assert!(
+        verifies(&after, &new_secret) && !verifies(&after, &secret),
+        "the old key expired"
+    );
+
     // TestChannel answers with what the far end said.
     let test = api(&h)
         .test_channel(req(TestChannelRequest {

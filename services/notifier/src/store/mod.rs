@@ -273,6 +273,12 @@ pub trait NotifyStore: Send + Sync + 'static {
     ) -> Result<Vec<ChannelRecord>>;
     async fn delete_channel(&self, partner: &str, channel_id: &str) -> Result<bool>;
     async fn disable_channel(&self, channel_id: &str, reason: &str) -> Result<()>;
+    async fn update_channel_secret(
+        &self,
+        channel_id: &str,
+        sealed: &[u8],
+        count: u32,
+    ) -> Result<()>;
     /// Records a failure; returns since when the endpoint has been failing continuously.
     async fn record_channel_failure(&self, channel_id: &str, now: i64) -> Result<i64>;
     async fn record_channel_success(&self, channel_id: &str) -> Result<()>;

@@ -358,6 +358,23 @@ impl NotifyStore for SqlStore {
         Ok(())
     }
 
+    async fn update_channel_secret(
+        &self,
+        channel_id: &str,
+        sealed: &[u8],
+        count: u32,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE channels SET secret_sealed = $2, secret_count = $3 WHERE channel_id = $1",
+        )
+        .bind(channel_id)
+        .bind(sealed.to_vec())
+        .bind(i64::from(count))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     async fn record_channel_failure(&self, channel_id: &str, now: i64) -> Result<i64> {
         let row = sqlx::query(
             "UPDATE channels SET failing_since = COALESCE(failing_since, $2) \

@@ -347,6 +347,19 @@ pub fn engine_settings() -> EngineSettings {
             Duration::from_secs(300),
             Duration::from_secs(1800),
         ],
+        // Rate limits pace sends in real time, which a manual clock never reaches; they have
+        // their own unit test.
+        limits: palisade_notifier::dispatch::Limits {
+            rate_per_endpoint: palisade_notifier::dispatch::PerKind {
+                email: 0.0,
+                webhook: 0.0,
+                teams: 0.0,
+                slack: 0.0,
+                sms: 0.0,
+                pagerduty: 0.0,
+            },
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
