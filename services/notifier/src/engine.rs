@@ -186,6 +186,7 @@ pub struct Notifier {
     pub(crate) wake_scheduler: Notify,
     pub(crate) limits: crate::dispatch::Limiter,
     digest_done: Mutex<HashMap<String, String>>,
+    last_digest_minute: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -238,6 +239,7 @@ impl Notifier {
             wake_scheduler: Notify::new(),
             limits,
             digest_done: Mutex::new(HashMap::new()),
+            last_digest_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -376,7 +378,15 @@ impl Notifier {
         let mut planned = 0;
         planned += self.flush_due_groups().await?;
         planned += self.run_escalations().await?;
-        planned += self.run_digests().await?;
+        // Digests are due at most once an hour per partner; checking once a minute is enough.
+        let minute = self.now() / 60_000;
+        if self
+            .last_digest_minute
+            .swap(minute, std::sync::atomic::Ordering::Relaxed)
+            != minute
+        {
+            planned += self.run_digests().await?;
+        }
         if planned > 0 {
             self.wake_dispatch.notify_one();
         }
@@ -384,20 +394,26 @@ impl Notifier {
     }
 
     pub async fn flush_due_groups(&self) -> Result<usize> {
+        use futures::{StreamExt, TryStreamExt};
         let mut notified = 0;
-        loop {
+        // Bounded, so a group whose flush keeps losing its race cannot spin this forever.
+        for _ in 0..100 {
             let now = self.now();
-            let due = self.store.due_groups(now, 100).await?;
+            let due = self.store.due_groups(now, 256).await?;
             let batch = due.len();
-            for key in due {
-                if self.flush_group(&key).await? {
-                    notified += 1;
-                }
-            }
-            if batch < 100 {
-                return Ok(notified);
+            // Groups are independent (each commit is a compare-and-set on its own row), so
+            // they flush concurrently; one slow partner does not delay the others.
+            let results: Vec<bool> = futures::stream::iter(due)
+                .map(|key| async move { self.flush_group(&key).await })
+                .buffer_unordered(16)
+                .try_collect()
+                .await?;
+            notified += results.into_iter().filter(|n| *n).count();
+            if batch < 256 {
+                break;
             }
         }
+        Ok(notified)
     }
 
     async fn flush_group(&self, key: &str) -> Result<bool> {
@@ -423,9 +439,18 @@ impl Notifier {
             let repeat_due = group
                 .last_notified_at
                 .is_some_and(|t| now >= t + group.repeat_interval_ms);
+            // Notices (relationship changes) are told once; they are stored as not firing.
+            let notices = group
+                .items
+                .iter()
+                .filter(|i| !i.firing)
+                .filter(|i| {
+                    serde_json::from_str::<ItemSummary>(&i.summary).is_ok_and(|s| s.one_shot)
+                })
+                .count();
             // Nothing is said about alerts that came and went before anyone was told.
-            let notify = !(never_notified && firing.is_empty())
-                && (changed || (repeat_due && !firing.is_empty()));
+            let has_news = !firing.is_empty() || notices > 0 || !never_notified;
+            let notify = has_news && (changed || (repeat_due && !firing.is_empty()));
             let deliveries = if notify {
                 self.plan_group(&group, now).await?
             } else {
@@ -448,6 +473,9 @@ impl Notifier {
                 next_flush_at: (!firing.is_empty()).then_some(base + group.repeat_interval_ms),
             };
             if self.store.commit_flush(&commit).await? {
+                if notify {
+                    self.wake_dispatch.notify_one();
+                }
                 return Ok(notify);
             }
         }
@@ -478,6 +506,11 @@ impl Notifier {
         for gi in &group.items {
             let item: ItemSummary = serde_json::from_str(&gi.summary)
                 .map_err(|e| NotifierError::Corrupt(format!("group item summary: {e}")))?;
+            // A group's first message leaves out alerts that resolved before anyone heard
+            // of them.
+            if group.last_notified_at.is_none() && !item.firing {
+                continue;
+            }
             items.push(item);
         }
         let Some(first) = items.first().cloned() else {
@@ -512,7 +545,7 @@ impl Notifier {
             "item": first,
             "items": items,
             "firing_count": firing_count,
-            "resolved_count": items.len() - firing_count,
+            "resolved_count": items.iter().filter(|i| !i.firing).count(),
             "ack_url": ack_url,
         });
         self.plan_for(

@@ -93,6 +93,14 @@ pub async fn publish(
         .await
 }
 
+fn partner_of(entry: &StreamId) -> String {
+    let bytes: Option<Vec<u8>> = entry.get("envelope");
+    bytes
+        .and_then(|b| Envelope::decode(b.as_slice()).ok())
+        .map(|e| e.partner_tenant_id)
+        .unwrap_or_default()
+}
+
 pub struct Consumer {
     settings: QueueSettings,
     core: Arc<Notifier>,
@@ -188,11 +196,33 @@ impl Consumer {
                 Err(e) => return Err(e),
             };
             let Some(reply) = reply else { continue };
+            // Partners are independent, so their events apply concurrently; one partner's
+            // events stay in stream order (a resolve never overtakes its raise).
+            let mut per_partner: std::collections::BTreeMap<String, Vec<(String, StreamId)>> =
+                Default::default();
             for stream in reply.keys {
                 for entry in stream.ids {
-                    self.handle(&mut control, &stream.key, &entry).await?;
+                    let partner = partner_of(&entry);
+                    per_partner
+                        .entry(partner)
+                        .or_default()
+                        .push((stream.key.clone(), entry));
                 }
             }
+            use futures::{StreamExt, TryStreamExt};
+            futures::stream::iter(per_partner.into_values())
+                .map(|entries| {
+                    let mut conn = control.clone();
+                    async move {
+                        for (key, entry) in entries {
+                            self.handle(&mut conn, &key, &entry).await?;
+                        }
+                        Ok::<_, redis::RedisError>(())
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect::<Vec<()>>()
+                .await?;
         }
         Ok(())
     }

@@ -523,6 +523,51 @@ async fn grouping_waits_dedups_repeats_and_closes_on_resolve() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relationship_notices_are_told_once_and_alerts_that_came_and_went_not_at_all() {
+    let h = Harness::new().await;
+    h.people("en").await;
+    h.settings(|s| s.group_wait_seconds = 30).await;
+    let gdap = envelope(
+        "gdap.relationship_changed",
+        PARTNER,
+        palisade_contracts::events::v1::GdapRelationshipChanged {
+            partner_tenant_id: PARTNER.into(),
+            event_name: "granular-admin-relationship-expired".into(),
+            relationship_id: "rel-1".into(),
+            resource_uri: String::new(),
+            changed_at: None,
+        }
+        .encode_to_vec(),
+        h.now(),
+    );
+    h.core.handle_envelope(&gdap).await.unwrap();
+    // An alert raised and resolved inside group_wait: nobody needs to hear about it.
+    let a = alert("fp-blip", Severity::Low as i32, "c1");
+    h.core.handle_envelope(&raised(&a, h.now())).await.unwrap();
+    h.core
+        .handle_envelope(&resolved(&a, h.now()))
+        .await
+        .unwrap();
+    h.advance(Duration::from_secs(30));
+    h.settle().await;
+    let mails = h.smtp.to("agent-1@partner-a.test");
+    assert_eq!(mails.len(), 1, "the notice, and not the blip");
+    let (_, subject, text) = decode_mail(&mails[0].text());
+    assert!(
+        subject.starts_with("GDAP relationship changed"),
+        "{subject}"
+    );
+    assert!(text.contains("rel-1"), "{text}");
+    h.advance(Duration::from_secs(2 * 86_400));
+    h.settle().await;
+    assert_eq!(
+        h.smtp.to("agent-1@partner-a.test").len(),
+        1,
+        "a notice is never repeated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snoozed_fingerprints_stay_quiet_until_the_snooze_ends() {
     let h = Harness::new().await;
     h.people("en").await;
