@@ -63,6 +63,12 @@ async fn receive(State(r): State<Arc<Receipts>>, uri: Uri, body: Bytes) -> axum:
     axum::http::StatusCode::OK
 }
 
+fn authed<T>(body: T) -> Request<T> {
+    let mut r = Request::new(body);
+    r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -144,12 +150,6 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
     let mut client = NotificationServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
         .await
         .unwrap();
-    let authed = |body| {
-        let mut r = Request::new(body);
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-        r
-    };
 
     // Every partner: zero group waits, one webhook endpoint, one route to it.
     let unhealthy = (PARTNERS as f64 * unhealthy_share).round() as usize;

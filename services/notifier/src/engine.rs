@@ -282,6 +282,14 @@ impl Notifier {
 
     /// Applies one queue message. `Ok(false)` when it was a duplicate or not for us; either
     /// way the caller acks it. An error means "try again later" (nack).
+    // The producer's W3C trace context rides in the envelope; recording it on this span ties
+    // the notification to the trace that started at the webhook or poll.
+    #[tracing::instrument(skip_all, fields(
+        message_id = %envelope.message_id,
+        kind = %envelope.kind,
+        partner_tenant_id = %envelope.partner_tenant_id,
+        traceparent = %envelope.traceparent,
+    ))]
     pub async fn handle_envelope(&self, envelope: &Envelope) -> Result<bool> {
         let Some(item) = events::item_from_envelope(envelope)? else {
             return Ok(false);

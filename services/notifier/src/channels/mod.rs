@@ -277,6 +277,8 @@ impl Senders {
     }
 
     async fn send_webhook(&self, d: &DeliveryRow, secrets: &ChannelSecrets) -> SendOutcome {
+        // Real time, not the injected clock: receivers check it against their own clocks
+        // within a tolerance, and each attempt is signed afresh with the same id.
         let timestamp = chrono::Utc::now().timestamp();
         let signature = signing::sign(
             &d.delivery.delivery_id,
