@@ -267,6 +267,14 @@ impl Notifier {
             if let Some(c) = channel.filter(|c| c.failing_since.is_some()) {
                 self.store.record_channel_success(&c.channel_id).await?;
             }
+            let writer = self.success_writer.lock().ok().and_then(|w| w.clone());
+            if let Some(writer) = writer {
+                // Batched with other successes; if the process dies first, the lease runs
+                // out and the delivery is sent again with the same id (at least once).
+                if writer.send(attempt.clone()).await.is_ok() {
+                    return Ok(());
+                }
+            }
             self.store
                 .record_attempt(&attempt, AttemptResult::Delivered, now)
                 .await?;
@@ -383,6 +391,14 @@ impl Notifier {
     }
 }
 
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Notifier {
     /// The long-running sender: keeps up to `max_in_flight` deliveries in flight, claiming
     /// more as slots free up, so one slow endpoint never holds back the others.
@@ -390,6 +406,27 @@ impl Notifier {
         let max_in_flight = self.settings.max_in_flight.max(1);
         let slots = Arc::new(Semaphore::new(max_in_flight));
         let mut tasks = tokio::task::JoinSet::new();
+        // Successful attempts are the hot path: one transaction for many of them.
+        let (writer, mut successes) = tokio::sync::mpsc::channel(1024);
+        if let Ok(mut w) = self.success_writer.lock() {
+            *w = Some(writer);
+        }
+        let writer_core = Arc::clone(&self);
+        let writer_task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(256);
+            while successes.recv_many(&mut batch, 256).await > 0 {
+                if let Err(e) = writer_core
+                    .store
+                    .record_delivered(&batch, writer_core.now())
+                    .await
+                {
+                    tracing::error!(error = %e, count = batch.len(), "recording deliveries failed; they will be re-sent");
+                }
+                batch.clear();
+            }
+        });
+        // Aborting this loop (a crash, in tests) must take the writer with it.
+        let abort_writer = AbortOnDrop(writer_task.abort_handle());
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let free = slots
@@ -445,6 +482,11 @@ impl Notifier {
             while tasks.join_next().await.is_some() {}
         })
         .await;
+        if let Ok(mut w) = self.success_writer.lock() {
+            *w = None;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+        drop(abort_writer);
     }
 
     /// The long-running timer task: one poller over the due-time indexes.

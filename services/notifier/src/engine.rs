@@ -187,6 +187,9 @@ pub struct Notifier {
     pub(crate) limits: crate::dispatch::Limiter,
     digest_done: Mutex<HashMap<String, String>>,
     last_digest_minute: std::sync::atomic::AtomicI64,
+    /// Set while `dispatch_loop` runs: successful attempts are written in batches.
+    pub(crate) success_writer:
+        Mutex<Option<tokio::sync::mpsc::Sender<crate::store::AttemptRecord>>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -240,6 +243,7 @@ impl Notifier {
             limits,
             digest_done: Mutex::new(HashMap::new()),
             last_digest_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
+            success_writer: Mutex::new(None),
         }
     }
 
@@ -291,8 +295,46 @@ impl Notifier {
         traceparent = %envelope.traceparent,
     ))]
     pub async fn handle_envelope(&self, envelope: &Envelope) -> Result<bool> {
-        let Some(item) = events::item_from_envelope(envelope)? else {
+        let Some(applied) = self.prepare(envelope).await? else {
             return Ok(false);
+        };
+        let fresh = self.store.apply_event(&applied).await?;
+        if fresh {
+            self.wake_scheduler.notify_one();
+        }
+        Ok(fresh)
+    }
+
+    /// Applies a batch of envelopes (in order) in one transaction. A malformed envelope
+    /// fails the batch with `InvalidArgument`; the caller then handles them one by one.
+    pub async fn handle_envelopes(&self, envelopes: &[Envelope]) -> Result<usize> {
+        let mut batch = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            if let Some(applied) = self.prepare(envelope).await? {
+                batch.push(applied);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let fresh = self
+            .store
+            .apply_events(&batch)
+            .await?
+            .into_iter()
+            .filter(|f| *f)
+            .count();
+        if fresh > 0 {
+            self.wake_scheduler.notify_one();
+        }
+        Ok(fresh)
+    }
+
+    /// Reads what an event needs (routes, settings, snooze) and decides its effects, without
+    /// writing anything.
+    async fn prepare(&self, envelope: &Envelope) -> Result<Option<AppliedEvent>> {
+        let Some(item) = events::item_from_envelope(envelope)? else {
+            return Ok(None);
         };
         let partner = envelope.partner_tenant_id.as_str();
         if partner.is_empty() || envelope.message_id.is_empty() {
@@ -371,11 +413,7 @@ impl Notifier {
         if !item.firing {
             applied.stop_escalation_for = Some(item.fingerprint.clone());
         }
-        let fresh = self.store.apply_event(&applied).await?;
-        if fresh {
-            self.wake_scheduler.notify_one();
-        }
-        Ok(fresh)
+        Ok(Some(applied))
     }
 
     // ---------------------------------------------------------------- scheduling

@@ -93,14 +93,6 @@ pub async fn publish(
         .await
 }
 
-fn partner_of(entry: &StreamId) -> String {
-    let bytes: Option<Vec<u8>> = entry.get("envelope");
-    bytes
-        .and_then(|b| Envelope::decode(b.as_slice()).ok())
-        .map(|e| e.partner_tenant_id)
-        .unwrap_or_default()
-}
-
 pub struct Consumer {
     settings: QueueSettings,
     core: Arc<Notifier>,
@@ -196,33 +188,53 @@ impl Consumer {
                 Err(e) => return Err(e),
             };
             let Some(reply) = reply else { continue };
-            // Partners are independent, so their events apply concurrently; one partner's
-            // events stay in stream order (a resolve never overtakes its raise).
-            let mut per_partner: std::collections::BTreeMap<String, Vec<(String, StreamId)>> =
-                Default::default();
+            // The whole read applies in one transaction, in stream order (a resolve never
+            // overtakes its raise), then is acked with one XACK per stream.
+            let mut envelopes = Vec::new();
+            let mut ids: Vec<(String, String)> = Vec::new();
+            let mut entries = Vec::new();
             for stream in reply.keys {
                 for entry in stream.ids {
-                    let partner = partner_of(&entry);
-                    per_partner
-                        .entry(partner)
-                        .or_default()
-                        .push((stream.key.clone(), entry));
+                    let bytes: Option<Vec<u8>> = entry.get("envelope");
+                    match bytes.map(|b| Envelope::decode(b.as_slice())) {
+                        Some(Ok(e)) => {
+                            envelopes.push(e);
+                            ids.push((stream.key.clone(), entry.id.clone()));
+                            entries.push((stream.key.clone(), entry));
+                        }
+                        _ => {
+                            self.dead_letter(&mut control, &stream.key, &entry, "not an envelope")
+                                .await?
+                        }
+                    }
                 }
             }
-            use futures::{StreamExt, TryStreamExt};
-            futures::stream::iter(per_partner.into_values())
-                .map(|entries| {
-                    let mut conn = control.clone();
-                    async move {
-                        for (key, entry) in entries {
-                            self.handle(&mut conn, &key, &entry).await?;
-                        }
-                        Ok::<_, redis::RedisError>(())
+            if envelopes.is_empty() {
+                continue;
+            }
+            match self.core.handle_envelopes(&envelopes).await {
+                Ok(_) => {
+                    let mut by_stream: std::collections::BTreeMap<&str, Vec<&str>> =
+                        Default::default();
+                    for (key, id) in &ids {
+                        by_stream.entry(key).or_default().push(id);
                     }
-                })
-                .buffer_unordered(16)
-                .try_collect::<Vec<()>>()
-                .await?;
+                    for (key, ids) in by_stream {
+                        let _: () = redis::cmd("XACK")
+                            .arg(key)
+                            .arg(&s.consumer_group)
+                            .arg(ids)
+                            .query_async(&mut control)
+                            .await?;
+                    }
+                }
+                // One bad or failing event must not hold back the rest: one at a time.
+                Err(_) => {
+                    for (key, entry) in &entries {
+                        self.handle(&mut control, key, entry).await?;
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -296,6 +296,8 @@ pub trait NotifyStore: Send + Sync + 'static {
     // Events, grouping, digest.
     /// Applies an event once: `false` when its message id was already processed.
     async fn apply_event(&self, event: &AppliedEvent) -> Result<bool>;
+    /// Applies a batch in one transaction, in order; one flag per event as for `apply_event`.
+    async fn apply_events(&self, events: &[AppliedEvent]) -> Result<Vec<bool>>;
     async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<String>>;
     async fn next_group_due(&self) -> Result<Option<i64>>;
     async fn load_group(&self, group_key: &str) -> Result<Option<GroupState>>;
@@ -354,6 +356,8 @@ pub trait NotifyStore: Send + Sync + 'static {
         result: AttemptResult,
         now: i64,
     ) -> Result<()>;
+    /// Records successful attempts in one transaction (the dispatcher's hot path).
+    async fn record_delivered(&self, attempts: &[AttemptRecord], now: i64) -> Result<()>;
     /// Puts a leased delivery back without counting an attempt (rate limit, shutdown).
     async fn release(&self, delivery_id: &str, at: i64, now: i64) -> Result<()>;
     async fn get_delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>>;

@@ -139,6 +139,194 @@ async fn insert_deliveries_in(
     Ok(inserted)
 }
 
+/// One event's effects inside the caller's transaction; `false` if already applied.
+async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Result<bool> {
+    let first = sqlx::query(
+        "INSERT INTO processed_events (message_id, partner_tenant_id, processed_at) \
+         VALUES ($1,$2,$3) ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(&e.message_id)
+    .bind(&e.partner_tenant_id)
+    .bind(e.now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if first == 0 {
+        return Ok(false);
+    }
+    if let Some(item) = &e.item {
+        sqlx::query(
+            "INSERT INTO items (partner_tenant_id, fingerprint, kind, open, severity, \
+             alert_type, customer_tenant_id, subscription_id, title, first_seen_at, \
+             last_seen_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10) \
+             ON CONFLICT (partner_tenant_id, fingerprint) DO UPDATE SET \
+             open = excluded.open, severity = excluded.severity, \
+             alert_type = excluded.alert_type, title = excluded.title, \
+             last_seen_at = excluded.last_seen_at",
+        )
+        .bind(&e.partner_tenant_id)
+        .bind(&item.fingerprint)
+        .bind(&item.kind)
+        .bind(flag(item.open))
+        .bind(i64::from(item.severity))
+        .bind(&item.alert_type)
+        .bind(&item.customer_tenant_id)
+        .bind(&item.subscription_id)
+        .bind(&item.title)
+        .bind(e.now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for g in &e.groups {
+        // A new (or closed and now reopened) group waits group_wait; one that has
+        // already notified waits at most until group_interval after its last notification.
+        sqlx::query(
+            "INSERT INTO notify_groups (group_key, partner_tenant_id, route_id, version, \
+             flush_seq, created_at, next_flush_at, last_notified_at, last_notified_hash, \
+             group_interval_ms, repeat_interval_ms) \
+             VALUES ($1,$2,$3,1,0,$4,$5,NULL,'',$6,$7) \
+             ON CONFLICT (group_key) DO UPDATE SET version = notify_groups.version + 1, \
+             group_interval_ms = excluded.group_interval_ms, \
+             repeat_interval_ms = excluded.repeat_interval_ms, \
+             next_flush_at = CASE WHEN notify_groups.last_notified_at IS NULL \
+               THEN (CASE WHEN excluded.next_flush_at < notify_groups.next_flush_at \
+                     THEN excluded.next_flush_at ELSE notify_groups.next_flush_at END) \
+               WHEN notify_groups.last_notified_at + excluded.group_interval_ms \
+                    < notify_groups.next_flush_at \
+               THEN notify_groups.last_notified_at + excluded.group_interval_ms \
+               ELSE notify_groups.next_flush_at END",
+        )
+        .bind(&g.group_key)
+        .bind(&e.partner_tenant_id)
+        .bind(&g.route_id)
+        .bind(e.now)
+        .bind(e.now + g.group_wait_ms)
+        .bind(g.group_interval_ms)
+        .bind(g.repeat_interval_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO group_items (group_key, fingerprint, kind, firing, severity, summary, \
+             updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7) \
+             ON CONFLICT (group_key, fingerprint) DO UPDATE SET kind = excluded.kind, \
+             firing = excluded.firing, severity = excluded.severity, \
+             summary = excluded.summary, updated_at = excluded.updated_at",
+        )
+        .bind(&g.group_key)
+        .bind(&g.fingerprint)
+        .bind(&g.kind)
+        .bind(flag(g.firing))
+        .bind(i64::from(g.severity))
+        .bind(&g.summary)
+        .bind(e.now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for d in &e.digests {
+        sqlx::query(
+            "INSERT INTO digest_items (partner_tenant_id, route_id, fingerprint, summary, \
+             added_at) VALUES ($1,$2,$3,$4,$5) \
+             ON CONFLICT (partner_tenant_id, route_id, fingerprint) DO UPDATE SET \
+             summary = excluded.summary, added_at = excluded.added_at",
+        )
+        .bind(&e.partner_tenant_id)
+        .bind(&d.route_id)
+        .bind(&d.fingerprint)
+        .bind(&d.summary)
+        .bind(e.now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(fingerprint) = &e.stop_escalation_for {
+        sqlx::query(
+            "UPDATE escalations SET state = $3 WHERE partner_tenant_id = $1 \
+             AND fingerprint = $2 AND state = $4",
+        )
+        .bind(&e.partner_tenant_id)
+        .bind(fingerprint)
+        .bind(STATE_CLOSED)
+        .bind(STATE_ACTIVE)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(esc) = &e.escalation {
+        // One running chain per alert: a re-raise while one runs does not start another.
+        let running = sqlx::query(
+            "SELECT escalation_id FROM escalations WHERE partner_tenant_id = $1 \
+             AND fingerprint = $2 AND state = $3",
+        )
+        .bind(&e.partner_tenant_id)
+        .bind(&esc.fingerprint)
+        .bind(STATE_ACTIVE)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if running.is_none() {
+            // A reopened alert needs a fresh acknowledgement.
+            sqlx::query("DELETE FROM acks WHERE partner_tenant_id = $1 AND fingerprint = $2")
+                .bind(&e.partner_tenant_id)
+                .bind(&esc.fingerprint)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO escalations (escalation_id, partner_tenant_id, fingerprint, \
+                 chain_proto, started_at, next_step, next_due_at, state, context) \
+                 VALUES ($1,$2,$3,$4,$5,0,$6,$7,$8) ON CONFLICT (escalation_id) DO NOTHING",
+            )
+            .bind(&esc.escalation_id)
+            .bind(&e.partner_tenant_id)
+            .bind(&esc.fingerprint)
+            .bind(esc.chain_proto.clone())
+            .bind(e.now)
+            .bind(esc.first_due_at)
+            .bind(STATE_ACTIVE)
+            .bind(&esc.context)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(true)
+}
+
+async fn record_attempt_in(
+    tx: &mut sqlx::AnyConnection,
+    a: &AttemptRecord,
+    result: AttemptResult,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
+         duration_ms) VALUES ($1,$2,$3,$4,$5,$6) \
+         ON CONFLICT (delivery_id, attempt) DO NOTHING",
+    )
+    .bind(&a.delivery_id)
+    .bind(i64::from(a.attempt))
+    .bind(a.at)
+    .bind(i64::from(a.http_status))
+    .bind(&a.error)
+    .bind(i64::from(a.duration_ms))
+    .execute(&mut *tx)
+    .await?;
+    let (status, next_at) = match result {
+        AttemptResult::Delivered => (DeliveryStatus::Delivered, now),
+        AttemptResult::RetryAt(at) => (DeliveryStatus::Retrying, at),
+        AttemptResult::Dead => (DeliveryStatus::Dead, now),
+        AttemptResult::Suppressed => (DeliveryStatus::Suppressed, now),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4, \
+         lease_until = NULL, last_error = $5, updated_at = $6 WHERE delivery_id = $1",
+    )
+    .bind(&a.delivery_id)
+    .bind(status as i32 as i64)
+    .bind(i64::from(a.attempt))
+    .bind(next_at)
+    .bind(&a.error)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl NotifyStore for SqlStore {
     async fn set_security_contact(
@@ -481,151 +669,20 @@ impl NotifyStore for SqlStore {
 
     async fn apply_event(&self, e: &AppliedEvent) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
-        let first = sqlx::query(
-            "INSERT INTO processed_events (message_id, partner_tenant_id, processed_at) \
-             VALUES ($1,$2,$3) ON CONFLICT (message_id) DO NOTHING",
-        )
-        .bind(&e.message_id)
-        .bind(&e.partner_tenant_id)
-        .bind(e.now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if first == 0 {
-            return Ok(false);
-        }
-        if let Some(item) = &e.item {
-            sqlx::query(
-                "INSERT INTO items (partner_tenant_id, fingerprint, kind, open, severity, \
-                 alert_type, customer_tenant_id, subscription_id, title, first_seen_at, \
-                 last_seen_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$10) \
-                 ON CONFLICT (partner_tenant_id, fingerprint) DO UPDATE SET \
-                 open = excluded.open, severity = excluded.severity, \
-                 alert_type = excluded.alert_type, title = excluded.title, \
-                 last_seen_at = excluded.last_seen_at",
-            )
-            .bind(&e.partner_tenant_id)
-            .bind(&item.fingerprint)
-            .bind(&item.kind)
-            .bind(flag(item.open))
-            .bind(i64::from(item.severity))
-            .bind(&item.alert_type)
-            .bind(&item.customer_tenant_id)
-            .bind(&item.subscription_id)
-            .bind(&item.title)
-            .bind(e.now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for g in &e.groups {
-            // A new (or closed and now reopened) group waits group_wait; one that has
-            // already notified waits at most until group_interval after its last notification.
-            sqlx::query(
-                "INSERT INTO notify_groups (group_key, partner_tenant_id, route_id, version, \
-                 flush_seq, created_at, next_flush_at, last_notified_at, last_notified_hash, \
-                 group_interval_ms, repeat_interval_ms) \
-                 VALUES ($1,$2,$3,1,0,$4,$5,NULL,'',$6,$7) \
-                 ON CONFLICT (group_key) DO UPDATE SET version = notify_groups.version + 1, \
-                 group_interval_ms = excluded.group_interval_ms, \
-                 repeat_interval_ms = excluded.repeat_interval_ms, \
-                 next_flush_at = CASE WHEN notify_groups.last_notified_at IS NULL \
-                   THEN (CASE WHEN excluded.next_flush_at < notify_groups.next_flush_at \
-                         THEN excluded.next_flush_at ELSE notify_groups.next_flush_at END) \
-                   WHEN notify_groups.last_notified_at + excluded.group_interval_ms \
-                        < notify_groups.next_flush_at \
-                   THEN notify_groups.last_notified_at + excluded.group_interval_ms \
-                   ELSE notify_groups.next_flush_at END",
-            )
-            .bind(&g.group_key)
-            .bind(&e.partner_tenant_id)
-            .bind(&g.route_id)
-            .bind(e.now)
-            .bind(e.now + g.group_wait_ms)
-            .bind(g.group_interval_ms)
-            .bind(g.repeat_interval_ms)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO group_items (group_key, fingerprint, kind, firing, severity, summary, \
-                 updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7) \
-                 ON CONFLICT (group_key, fingerprint) DO UPDATE SET kind = excluded.kind, \
-                 firing = excluded.firing, severity = excluded.severity, \
-                 summary = excluded.summary, updated_at = excluded.updated_at",
-            )
-            .bind(&g.group_key)
-            .bind(&g.fingerprint)
-            .bind(&g.kind)
-            .bind(flag(g.firing))
-            .bind(i64::from(g.severity))
-            .bind(&g.summary)
-            .bind(e.now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for d in &e.digests {
-            sqlx::query(
-                "INSERT INTO digest_items (partner_tenant_id, route_id, fingerprint, summary, \
-                 added_at) VALUES ($1,$2,$3,$4,$5) \
-                 ON CONFLICT (partner_tenant_id, route_id, fingerprint) DO UPDATE SET \
-                 summary = excluded.summary, added_at = excluded.added_at",
-            )
-            .bind(&e.partner_tenant_id)
-            .bind(&d.route_id)
-            .bind(&d.fingerprint)
-            .bind(&d.summary)
-            .bind(e.now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(fingerprint) = &e.stop_escalation_for {
-            sqlx::query(
-                "UPDATE escalations SET state = $3 WHERE partner_tenant_id = $1 \
-                 AND fingerprint = $2 AND state = $4",
-            )
-            .bind(&e.partner_tenant_id)
-            .bind(fingerprint)
-            .bind(STATE_CLOSED)
-            .bind(STATE_ACTIVE)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(esc) = &e.escalation {
-            // One running chain per alert: a re-raise while one runs does not start another.
-            let running = sqlx::query(
-                "SELECT escalation_id FROM escalations WHERE partner_tenant_id = $1 \
-                 AND fingerprint = $2 AND state = $3",
-            )
-            .bind(&e.partner_tenant_id)
-            .bind(&esc.fingerprint)
-            .bind(STATE_ACTIVE)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if running.is_none() {
-                // A reopened alert needs a fresh acknowledgement.
-                sqlx::query("DELETE FROM acks WHERE partner_tenant_id = $1 AND fingerprint = $2")
-                    .bind(&e.partner_tenant_id)
-                    .bind(&esc.fingerprint)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO escalations (escalation_id, partner_tenant_id, fingerprint, \
-                     chain_proto, started_at, next_step, next_due_at, state, context) \
-                     VALUES ($1,$2,$3,$4,$5,0,$6,$7,$8) ON CONFLICT (escalation_id) DO NOTHING",
-                )
-                .bind(&esc.escalation_id)
-                .bind(&e.partner_tenant_id)
-                .bind(&esc.fingerprint)
-                .bind(esc.chain_proto.clone())
-                .bind(e.now)
-                .bind(esc.first_due_at)
-                .bind(STATE_ACTIVE)
-                .bind(&esc.context)
-                .execute(&mut *tx)
-                .await?;
-            }
+        let fresh = apply_event_in(&mut tx, e).await?;
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    async fn apply_events(&self, events: &[AppliedEvent]) -> Result<Vec<bool>> {
+        // One commit for a whole batch: the commit (a WAL flush) is the cost that matters.
+        let mut tx = self.pool().begin().await?;
+        let mut fresh = Vec::with_capacity(events.len());
+        for e in events {
+            fresh.push(apply_event_in(&mut tx, e).await?);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(fresh)
     }
 
     async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<String>> {
@@ -1054,37 +1111,16 @@ impl NotifyStore for SqlStore {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
-             duration_ms) VALUES ($1,$2,$3,$4,$5,$6) \
-             ON CONFLICT (delivery_id, attempt) DO NOTHING",
-        )
-        .bind(&a.delivery_id)
-        .bind(i64::from(a.attempt))
-        .bind(a.at)
-        .bind(i64::from(a.http_status))
-        .bind(&a.error)
-        .bind(i64::from(a.duration_ms))
-        .execute(&mut *tx)
-        .await?;
-        let (status, next_at) = match result {
-            AttemptResult::Delivered => (DeliveryStatus::Delivered, now),
-            AttemptResult::RetryAt(at) => (DeliveryStatus::Retrying, at),
-            AttemptResult::Dead => (DeliveryStatus::Dead, now),
-            AttemptResult::Suppressed => (DeliveryStatus::Suppressed, now),
-        };
-        sqlx::query(
-            "UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4, \
-             lease_until = NULL, last_error = $5, updated_at = $6 WHERE delivery_id = $1",
-        )
-        .bind(&a.delivery_id)
-        .bind(status as i32 as i64)
-        .bind(i64::from(a.attempt))
-        .bind(next_at)
-        .bind(&a.error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        record_attempt_in(&mut tx, a, result, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_delivered(&self, attempts: &[AttemptRecord], now: i64) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for a in attempts {
+            record_attempt_in(&mut tx, a, AttemptResult::Delivered, now).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
