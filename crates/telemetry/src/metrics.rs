@@ -79,13 +79,10 @@ impl GrpcMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         let requests = Family::<RpcLabels, Counter>::default();
         let duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(
-                [
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ]
-                .into_iter(),
-            )
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ])
         });
         metrics.register(
             "grpc_requests",
