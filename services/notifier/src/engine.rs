@@ -80,6 +80,10 @@ pub struct EngineSettings {
     /// How long a sender holds a delivery before another may take it over.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// How long a replica reuses a partner's settings, routes and snoozes between events.
+    /// Changes made through this replica apply at once; through another, within this time.
+    #[serde(with = "humantime_serde")]
+    pub partner_cache_ttl: Duration,
     pub batch_size: u32,
     /// Deliveries being sent at once by one replica, across all channels.
     pub max_in_flight: usize,
@@ -114,6 +118,7 @@ impl Default for EngineSettings {
             retry_after_max: m(60),
             disable_after: Duration::from_secs(5 * 86_400),
             lease: Duration::from_secs(60),
+            partner_cache_ttl: Duration::from_secs(1),
             batch_size: 64,
             max_in_flight: 256,
             poll_interval: Duration::from_secs(1),
@@ -164,6 +169,14 @@ fn duration_list<'de, D: serde::Deserializer<'de>>(
     Ok(raw.into_iter().map(|s| s.into_inner()).collect())
 }
 
+/// What routing an event needs about its partner, read once and shared for a short time.
+#[derive(Debug, Clone)]
+pub struct PartnerView {
+    pub settings: PartnerSettings,
+    pub routes: Vec<Route>,
+    pub snoozes: HashMap<String, i64>,
+}
+
 /// A resolved destination: one recipient on one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
@@ -187,6 +200,7 @@ pub struct Notifier {
     pub(crate) limits: crate::dispatch::Limiter,
     digest_done: Mutex<HashMap<String, String>>,
     last_digest_minute: std::sync::atomic::AtomicI64,
+    partner_cache: Mutex<HashMap<String, (std::time::Instant, Arc<PartnerView>)>>,
     /// Set while `dispatch_loop` runs: successful attempts are written in batches.
     pub(crate) success_writer:
         Mutex<Option<tokio::sync::mpsc::Sender<crate::store::AttemptRecord>>>,
@@ -244,6 +258,7 @@ impl Notifier {
             digest_done: Mutex::new(HashMap::new()),
             last_digest_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
             success_writer: Mutex::new(None),
+            partner_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -280,6 +295,46 @@ impl Notifier {
             settings.repeat_interval_seconds = s.default_repeat_interval.as_secs() as u32;
         }
         Ok(settings)
+    }
+
+    /// The partner's settings, routes and snoozes, from a short-lived cache.
+    pub async fn partner_view(&self, partner: &str) -> Result<Arc<PartnerView>> {
+        let ttl = self.settings.partner_cache_ttl;
+        if !ttl.is_zero() {
+            let cache = self.partner_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, view)) = cache.get(partner).filter(|(at, _)| at.elapsed() < ttl) {
+                return Ok(Arc::clone(view));
+            }
+        }
+        let view = Arc::new(PartnerView {
+            settings: self.effective_settings(partner).await?,
+            routes: self.store.list_routes(partner).await?,
+            snoozes: self
+                .store
+                .list_snoozes(partner, self.now())
+                .await?
+                .into_iter()
+                .collect(),
+        });
+        if !ttl.is_zero() {
+            let mut cache = self.partner_cache.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a replica serving many partners keeps only recent ones.
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(
+                partner.to_owned(),
+                (std::time::Instant::now(), Arc::clone(&view)),
+            );
+        }
+        Ok(view)
+    }
+
+    /// Forgets a partner's cached view after a change made through this replica.
+    pub fn invalidate(&self, partner: &str) {
+        if let Ok(mut cache) = self.partner_cache.lock() {
+            cache.remove(partner);
+        }
     }
 
     // ---------------------------------------------------------------- events
@@ -343,13 +398,13 @@ impl Notifier {
             ));
         }
         let now = self.now();
-        let settings = self.effective_settings(partner).await?;
-        let routes = self.store.list_routes(partner).await?;
-        let snoozed = self
-            .store
-            .snoozed_until(partner, &item.fingerprint)
-            .await?
-            .is_some_and(|until| until > now);
+        let view = self.partner_view(partner).await?;
+        let settings = &view.settings;
+        let routes = &view.routes;
+        let snoozed = view
+            .snoozes
+            .get(&item.fingerprint)
+            .is_some_and(|until| *until > now);
         let summary = serde_json::to_string(&item).map_err(anyhow::Error::from)?;
         let mut applied = AppliedEvent {
             message_id: envelope.message_id.clone(),
@@ -369,7 +424,7 @@ impl Notifier {
         };
         // A snoozed fingerprint still counts in the digest, but nobody is told about it.
         if !snoozed {
-            for target in routing::route(&routes, &item) {
+            for target in routing::route(routes, &item) {
                 if target.digest {
                     applied.digests.push(DigestAdd {
                         route_id: target.route_id,
@@ -392,7 +447,7 @@ impl Notifier {
                 });
             }
             if should_escalate(&item) {
-                let chain = frozen_chain(&settings);
+                let chain = frozen_chain(settings);
                 let first_due = now + i64::from(chain[0].after_minutes) * 60_000;
                 applied.escalation = Some(EscalationStart {
                     escalation_id: stable_id(
@@ -534,8 +589,8 @@ impl Notifier {
         route_id: &str,
         first: &ItemSummary,
     ) -> Result<Target> {
-        let routes: Vec<Route> = self.store.list_routes(partner).await?;
-        Ok(match routes.into_iter().find(|r| r.route_id == route_id) {
+        let view = self.partner_view(partner).await?;
+        Ok(match view.routes.iter().find(|r| r.route_id == route_id) {
             Some(r) => Target {
                 route_id: r.route_id.clone(),
                 recipients: r.recipients().collect(),
@@ -563,7 +618,8 @@ impl Notifier {
             return Ok(Vec::new());
         };
         let partner = &group.partner_tenant_id;
-        let settings = self.effective_settings(partner).await?;
+        let view = self.partner_view(partner).await?;
+        let settings = &view.settings;
         let target = self.target_for(partner, &group.route_id, &first).await?;
         let destinations = self
             .destinations(

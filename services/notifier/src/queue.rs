@@ -212,7 +212,26 @@ impl Consumer {
             if envelopes.is_empty() {
                 continue;
             }
-            match self.core.handle_envelopes(&envelopes).await {
+            // Partners are independent: their events apply in a few concurrent
+            // transactions, each partner's events in one of them and in stream order.
+            let mut per_partner: std::collections::BTreeMap<&str, Vec<Envelope>> =
+                Default::default();
+            for e in &envelopes {
+                per_partner
+                    .entry(e.partner_tenant_id.as_str())
+                    .or_default()
+                    .push(e.clone());
+            }
+            let lanes = 8.min(per_partner.len()).max(1);
+            let mut chunks: Vec<Vec<Envelope>> = vec![Vec::new(); lanes];
+            for (i, (_, events)) in per_partner.into_iter().enumerate() {
+                chunks[i % lanes].extend(events);
+            }
+            let applied =
+                futures::future::join_all(chunks.iter().map(|c| self.core.handle_envelopes(c)))
+                    .await;
+            let outcome = applied.into_iter().collect::<Result<Vec<_>, _>>();
+            match outcome {
                 Ok(_) => {
                     let mut by_stream: std::collections::BTreeMap<&str, Vec<&str>> =
                         Default::default();

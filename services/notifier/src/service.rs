@@ -633,6 +633,7 @@ impl NotificationService for NotificationApi {
         self.store()
             .insert_route(&partner, &route, self.core.now())
             .await?;
+        self.core.invalidate(&partner);
         Ok(Response::new(CreateRouteResponse { route: Some(route) }))
     }
 
@@ -671,6 +672,7 @@ impl NotificationService for NotificationApi {
         let partner = request.get_ref().partner_tenant_id.clone();
         self.authorize(&request, &partner, Scope::NotifyAdmin)
             .await?;
+        self.core.invalidate(&partner);
         if !self
             .store()
             .delete_route(&partner, &request.get_ref().route_id)
@@ -716,6 +718,7 @@ impl NotificationService for NotificationApi {
         self.store()
             .set_settings(&partner, &s, self.core.now())
             .await?;
+        self.core.invalidate(&partner);
         Ok(Response::new(SetPartnerSettingsResponse {
             settings: Some(s),
         }))
@@ -765,6 +768,7 @@ impl NotificationService for NotificationApi {
         }
         let until = self.core.now() + i64::from(r.days) * 86_400_000;
         self.store().snooze(&partner, &r.fingerprint, until).await?;
+        self.core.invalidate(&partner);
         Ok(Response::new(SnoozeAlertResponse {
             until: Some(from_millis(until)),
         }))

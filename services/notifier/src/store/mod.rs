@@ -317,6 +317,8 @@ pub trait NotifyStore: Send + Sync + 'static {
     // Snooze and acknowledgement.
     async fn snooze(&self, partner: &str, fingerprint: &str, until: i64) -> Result<()>;
     async fn snoozed_until(&self, partner: &str, fingerprint: &str) -> Result<Option<i64>>;
+    /// The partner's snoozes still running at `now`.
+    async fn list_snoozes(&self, partner: &str, now: i64) -> Result<Vec<(String, i64)>>;
     /// Acknowledges and stops escalation; returns how many planned steps were cancelled.
     async fn acknowledge(
         &self,

@@ -939,6 +939,20 @@ impl NotifyStore for SqlStore {
         Ok(row.map(|r| r.get::<i64, _>(0)))
     }
 
+    async fn list_snoozes(&self, partner: &str, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT fingerprint, until_at FROM snoozes WHERE partner_tenant_id = $1 AND until_at > $2",
+        )
+        .bind(partner)
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+            .collect())
+    }
+
     async fn acknowledge(
         &self,
         partner: &str,

@@ -347,6 +347,8 @@ pub fn engine_settings() -> EngineSettings {
             Duration::from_secs(300),
             Duration::from_secs(1800),
         ],
+        // Tests write settings straight into the store, behind the cache's back.
+        partner_cache_ttl: Duration::ZERO,
         // Rate limits pace sends in real time, which a manual clock never reaches; they have
         // their own unit test.
         limits: palisade_notifier::dispatch::Limits {
