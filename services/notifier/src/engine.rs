@@ -564,6 +564,7 @@ impl Notifier {
             };
             let commit = FlushCommit {
                 group_key: key.to_owned(),
+                partner_tenant_id: group.partner_tenant_id.clone(),
                 expected_version: group.version,
                 expected_flush_seq: group.flush_seq,
                 now,
@@ -765,7 +766,13 @@ impl Notifier {
         default_language: &str,
     ) -> Result<Vec<Destination>> {
         let mut out: Vec<Destination> = Vec::new();
-        let security = self.store.get_security_contact(partner).await?;
+        let needs_security = recipients.contains(&Recipient::SecurityContact)
+            || channel_ids.iter().any(|c| c == SECURITY_CONTACT_PHONE);
+        let mut security = if needs_security {
+            self.store.get_security_contact(partner).await?
+        } else {
+            None
+        };
         let mut push = |d: Destination| {
             if !out
                 .iter()
@@ -853,6 +860,9 @@ impl Notifier {
             }
         }
         if out.is_empty() {
+            if !needs_security {
+                security = self.store.get_security_contact(partner).await?;
+            }
             if let Some(c) = security.as_ref().filter(|c| !c.email.is_empty()) {
                 out.push(Destination {
                     recipient: "security_contact".into(),

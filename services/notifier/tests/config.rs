@@ -44,9 +44,16 @@ fn a_file_layers_over_the_defaults_and_bad_values_name_their_key() {
         "#,
     );
     let settings = load_settings(Some(&path)).unwrap();
-    assert_eq!(settings.engine.retry_schedule, vec![Duration::from_secs(1), Duration::from_secs(10)]);
+    assert_eq!(
+        settings.engine.retry_schedule,
+        vec![Duration::from_secs(1), Duration::from_secs(10)]
+    );
     assert_eq!(settings.engine.default_group_wait, Duration::from_secs(10));
-    assert_eq!(settings.engine.default_repeat_interval, Duration::from_secs(4 * 3600), "defaults stay");
+    assert_eq!(
+        settings.engine.default_repeat_interval,
+        Duration::from_secs(4 * 3600),
+        "defaults stay"
+    );
     assert_eq!(settings.channels.smtp.port, 465);
     let shown = format!("{settings:?}");
     assert!(!shown.contains("do-not-print"), "{shown}");
@@ -95,14 +102,28 @@ async fn the_file_sink_writes_eml_and_json_instead_of_sending() {
     })
     .unwrap();
     let none = ChannelSecrets(Vec::new());
-    let mail = senders.send(&row(ChannelKind::Email, "soc@example.com", "本文"), &none).await;
+    let mail = senders
+        .send(&row(ChannelKind::Email, "soc@example.com", "本文"), &none)
+        .await;
     assert!(mail.success, "{mail:?}");
-    let eml = std::fs::read_to_string(dir.dir().join("mail/new/msg_channel_kind_email.eml")).unwrap();
-    assert!(eml.contains("To: soc@example.com") && eml.contains("charset=utf-8"), "{eml}");
+    let eml =
+        std::fs::read_to_string(dir.dir().join("mail/new/msg_channel_kind_email.eml")).unwrap();
+    assert!(
+        eml.contains("To: soc@example.com") && eml.contains("charset=utf-8"),
+        "{eml}"
+    );
     let hook = senders
-        .send(&row(ChannelKind::Webhook, "https://hooks.example.com/x", "{\"a\":1}"), &none)
+        .send(
+            &row(
+                ChannelKind::Webhook,
+                "https://hooks.example.com/x",
+                "{\"a\":1}",
+            ),
+            &none,
+        )
         .await;
     assert!(hook.success);
-    let json = std::fs::read_to_string(dir.dir().join("http/msg_channel_kind_webhook.json")).unwrap();
+    let json =
+        std::fs::read_to_string(dir.dir().join("http/msg_channel_kind_webhook.json")).unwrap();
     assert_eq!(json, "{\"a\":1}");
 }

@@ -253,6 +253,7 @@ async fn events_apply_once_and_groups_flush_by_compare_and_set(backend: TestBack
     assert!(s.apply_event(&event("m2", "b", true, T + 1)).await.unwrap());
     let stale = FlushCommit {
         group_key: key.clone(),
+        partner_tenant_id: P.into(),
         expected_version: g.version,
         expected_flush_seq: g.flush_seq,
         now: T + 30_000,
@@ -303,6 +304,7 @@ async fn events_apply_once_and_groups_flush_by_compare_and_set(backend: TestBack
     // Closing keeps the sequence, so a reopened group never reuses a log entry.
     let close = FlushCommit {
         group_key: key.clone(),
+        partner_tenant_id: P.into(),
         expected_version: g.version,
         expected_flush_seq: g.flush_seq,
         now: T + 330_000,

@@ -139,6 +139,7 @@ pub struct GroupState {
 #[derive(Debug, Clone)]
 pub struct FlushCommit {
     pub group_key: String,
+    pub partner_tenant_id: String,
     pub expected_version: i64,
     pub expected_flush_seq: i64,
     pub now: i64,

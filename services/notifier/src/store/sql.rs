@@ -771,12 +771,7 @@ impl NotifyStore for SqlStore {
             return Ok(false);
         }
         if let Some(hash) = &c.notified_hash {
-            let partner: String =
-                sqlx::query("SELECT partner_tenant_id FROM notify_groups WHERE group_key = $1")
-                    .bind(&c.group_key)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .get(0);
+            let partner = &c.partner_tenant_id;
             sqlx::query(
                 "INSERT INTO notification_log (group_key, flush_seq, partner_tenant_id, \
                  notified_at, content_hash, firing, resolved) VALUES ($1,$2,$3,$4,$5,$6,$7)",
