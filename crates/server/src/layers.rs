@@ -1,0 +1,106 @@
+//! A span per RPC (child of the caller's trace) and the RED metrics.
+
+use std::{
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use palisade_telemetry::GrpcMetrics;
+use tracing::Instrument;
+
+#[derive(Clone, Debug)]
+pub struct TraceLayer {
+    service: &'static str,
+    metrics: GrpcMetrics,
+}
+
+impl TraceLayer {
+    pub fn new(service: &'static str, metrics: GrpcMetrics) -> Self {
+        Self { service, metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService {
+            inner,
+            service: self.service,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TraceService<S> {
+    inner: S,
+    service: &'static str,
+    metrics: GrpcMetrics,
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for TraceService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let (grpc_service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(s, m)| (s.to_owned(), m.to_owned()))
+            .unwrap_or_else(|| (path.clone(), String::new()));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %grpc_service,
+            rpc.method = %method,
+            service = self.service,
+        );
+        let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+        palisade_telemetry::set_parent_from_grpc(&span, &metadata);
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(
+            async move {
+                let result = future.await;
+                // Errors become trailers-only responses, so grpc-status is in the headers;
+                // a plain 200 without it is a success whose status follows in the trailers.
+                let code = match &result {
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map(tonic::Code::from)
+                        .unwrap_or(tonic::Code::Ok),
+                    Err(_) => tonic::Code::Unavailable,
+                };
+                if code != tonic::Code::Ok {
+                    tracing::info!(code = ?code, "rpc failed");
+                }
+                metrics.record(
+                    &grpc_service,
+                    &method,
+                    code,
+                    started.elapsed().as_secs_f64(),
+                );
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
