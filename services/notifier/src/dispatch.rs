@@ -56,6 +56,9 @@ pub struct Limits {
     /// Requests per second per endpoint (a URL, an address, a phone, a routing key); zero
     /// means unlimited.
     pub rate_per_endpoint: PerKind,
+    /// Requests in flight per endpoint, so a slow endpoint cannot take every slot of its
+    /// kind and hold back the healthy ones.
+    pub concurrency_per_endpoint: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +82,7 @@ impl Default for Limits {
                 sms: 1.0,
                 pagerduty: 2.0,
             },
+            concurrency_per_endpoint: 4,
         }
     }
 }
@@ -92,6 +96,7 @@ pub struct Limiter {
     limits: Limits,
     semaphores: HashMap<i32, Arc<Semaphore>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Limiter {
@@ -117,6 +122,7 @@ impl Limiter {
             limits: limits.clone(),
             semaphores,
             buckets: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,6 +132,23 @@ impl Limiter {
             .or_else(|| self.semaphores.get(&(ChannelKind::Email as i32)))
             .cloned()
             .expect("email semaphore exists")
+    }
+
+    /// A slot for one request to `endpoint`, or `None` when it already has its share in
+    /// flight.
+    fn endpoint_slot(&self, endpoint: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            // Idle entries (all permits free) are dropped now and then to bound the map.
+            if map.len() > 50_000 {
+                let cap = self.limits.concurrency_per_endpoint.max(1);
+                map.retain(|_, s| s.available_permits() < cap);
+            }
+            Arc::clone(map.entry(endpoint.to_owned()).or_insert_with(|| {
+                Arc::new(Semaphore::new(self.limits.concurrency_per_endpoint.max(1)))
+            }))
+        };
+        semaphore.try_acquire_owned().ok()
     }
 
     /// Takes a token for the endpoint, or says how long until one is free. The burst is one
@@ -222,6 +245,14 @@ impl Notifier {
             Some(c) => self.open_secrets(c).await?,
             None => ChannelSecrets(Vec::new()),
         };
+        let Some(endpoint_slot) = self.limits.endpoint_slot(&endpoint) else {
+            // The endpoint is busy (slow): step aside briefly instead of holding a slot.
+            let now = self.now();
+            self.store
+                .release(&d.delivery.delivery_id, now + 1_000, now)
+                .await?;
+            return Ok(());
+        };
         let permit = self
             .limits
             .semaphore(kind)
@@ -231,6 +262,7 @@ impl Notifier {
         let started = Instant::now();
         let outcome = self.senders.send(&d, &secrets).await;
         drop(permit);
+        drop(endpoint_slot);
         drop(secrets);
         let elapsed = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
         self.settle(&d, channel.as_ref(), &outcome, elapsed).await
