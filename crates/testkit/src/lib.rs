@@ -231,7 +231,8 @@ impl TestRedis {
 impl Drop for TestRedis {
     fn drop(&mut self) {
         let url = self.url.clone();
-        let pattern = format!("{}*", self.prefix);
+        // Plain keys, and hash-tagged ones (`{prefix…}`) as the queue writes them.
+        let patterns = [format!("{}*", self.prefix), format!("{{{}*", self.prefix)];
         let _ = std::thread::spawn(move || {
             let Ok(client) = redis::Client::open(url.as_str()) else {
                 return;
@@ -239,12 +240,14 @@ impl Drop for TestRedis {
             let Ok(mut conn) = client.get_connection() else {
                 return;
             };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            for pattern in patterns {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
             }
         })
         .join();
