@@ -50,13 +50,13 @@ async fn receive(State(r): State<Arc<Receipts>>, uri: Uri, body: Bytes) -> axum:
     if r.slow.lock().unwrap().contains(&path) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-        if let Some(items) = v["data"]["items"].as_array() {
-            let mut at = r.at.lock().unwrap();
-            for item in items {
-                if let Some(rel) = item["detail"].as_str() {
-                    at.entry(rel.to_owned()).or_insert(now);
-                }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        && let Some(items) = v["data"]["items"].as_array()
+    {
+        let mut at = r.at.lock().unwrap();
+        for item in items {
+            if let Some(rel) = item["detail"].as_str() {
+                at.entry(rel.to_owned()).or_insert(now);
             }
         }
     }
@@ -65,7 +65,8 @@ async fn receive(State(r): State<Arc<Receipts>>, uri: Uri, body: Bytes) -> axum:
 
 fn authed<T>(body: T) -> Request<T> {
     let mut r = Request::new(body);
-    r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     r
 }
 
@@ -265,11 +266,13 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let at = receipts.at.lock().unwrap();
-        if expected.iter().all(|rel| at.contains_key(rel)) {
+        let done = {
+            let at = receipts.at.lock().unwrap();
+            expected.iter().all(|rel| at.contains_key(rel))
+        };
+        if done {
             break;
         }
-        drop(at);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let at = receipts.at.lock().unwrap().clone();
