@@ -23,7 +23,7 @@ use palisade_notifier::{
     EngineSettings, Listeners, Settings,
     auth::{StaticCredential, StaticCredentials},
     channels::{ChannelSettings, SsrfPolicy},
-    queue::{self, QueueSettings},
+    queue::EventSettings,
 };
 use palisade_testkit::{TestDatabase, TestRedis};
 use prost::Message;
@@ -63,6 +63,15 @@ async fn receive(State(r): State<Arc<Receipts>>, uri: Uri, body: Bytes) -> axum:
     axum::http::StatusCode::OK
 }
 
+fn queue_settings(redis: &TestRedis) -> palisade_queue::QueueSettings {
+    palisade_queue::QueueSettings {
+        backend: palisade_queue::Backend::Redis,
+        redis_url: Some(secrecy::SecretString::from(redis.url().to_owned())),
+        key_prefix: redis.prefix().trim_end_matches(':').to_owned(),
+        ..Default::default()
+    }
+}
+
 fn authed<T>(body: T) -> Request<T> {
     let mut r = Request::new(body);
     r.metadata_mut()
@@ -100,11 +109,8 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
             max_connections: 32,
             ..db.settings()
         },
-        queue: QueueSettings {
-            redis_url: redis.url().to_owned(),
-            key_prefix: redis.prefix().to_owned(),
-            ..Default::default()
-        },
+        queue: queue_settings(&redis),
+        events: EventSettings::default(),
         kek: palisade_crypto::LocalKekSettings {
             keys: Some(secrecy::SecretString::from(format!(
                 "v1:{}",
@@ -209,7 +215,9 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
     }
 
     // Publish at the target rate in 10 ms ticks; remember when each event left.
-    let mut conn = redis.connection().await;
+    let producer = palisade_queue::connect(&queue_settings(&redis))
+        .await
+        .unwrap();
     let published: Arc<Mutex<HashMap<String, (Instant, usize)>>> = Arc::default();
     let total = rate * seconds;
     let per_tick = (rate / 100).max(1);
@@ -218,7 +226,6 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
     let mut n = 0_u64;
     while n < total {
         tick.tick().await;
-        let mut pipe = redis::pipe();
         let mut batch = Vec::new();
         for _ in 0..per_tick.min(total - n) {
             let i = (n as usize) % PARTNERS;
@@ -239,19 +246,13 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
                 payload: event.encode_to_vec(),
                 ..Default::default()
             };
-            pipe.cmd("XADD")
-                .arg(queue::stream_key(redis.prefix(), "partner-center"))
-                .arg("*")
-                .arg("envelope")
-                .arg(envelope.encode_to_vec());
-            batch.push((rel, i));
+            batch.push((rel, i, envelope));
             n += 1;
         }
-        let sent_at = Instant::now();
-        let _: Vec<String> = pipe.query_async(&mut conn).await.unwrap();
-        let mut p = published.lock().unwrap();
-        for (rel, i) in batch {
-            p.insert(rel, (sent_at, i));
+        for (rel, i, envelope) in batch {
+            let sent_at = Instant::now();
+            producer.publish("partner-center", &envelope).await.unwrap();
+            published.lock().unwrap().insert(rel, (sent_at, i));
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();

@@ -36,12 +36,16 @@ pub use error::NotifierError;
 
 use crate::store::{NotifyStore, SqlStore};
 
-/// Everything the notifier is configured with. Defaults run locally on SQLite with no queue.
+/// Everything the notifier is configured with. Defaults run locally on SQLite and the
+/// in-process queue.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
-    pub queue: queue::QueueSettings,
+    /// The platform queue connection (Redis Streams or in-process).
+    pub queue: palisade_queue::QueueSettings,
+    /// Which topics the notifier reads, as which consumer group.
+    pub events: queue::EventSettings,
     pub kek: LocalKekSettings,
     /// Client credentials (see [`auth::StaticCredentials`]).
     pub credentials: Vec<auth::StaticCredential>,
@@ -65,8 +69,8 @@ impl Settings {
                 );
             }
         }
-        if self.queue.redis_url.is_empty() && self.workers.unwrap_or(true) {
-            tracing::warn!("notifier.queue.redis_url is empty: no events will be consumed");
+        if self.queue.backend == palisade_queue::Backend::Redis && self.queue.redis_url.is_none() {
+            anyhow::bail!("notifier.queue.redis_url: required with the redis backend");
         }
         Ok(())
     }
@@ -218,10 +222,15 @@ pub async fn start(
     if settings.workers.unwrap_or(true) {
         tasks.spawn(Arc::clone(&core).timer_loop(shutdown.clone()));
         tasks.spawn(Arc::clone(&core).dispatch_loop(shutdown.clone()));
-        if !settings.queue.redis_url.is_empty() {
-            let consumer = queue::Consumer::new(settings.queue.clone(), Arc::clone(&core));
-            tasks.spawn(consumer.run(shutdown.clone()));
-        }
+        let events = palisade_queue::connect(&settings.queue)
+            .await
+            .context("notifier.queue")?;
+        tasks.spawn(queue::consume(
+            events,
+            settings.events.clone(),
+            Arc::clone(&core),
+            shutdown.clone(),
+        ));
     }
     Ok(Running {
         core,
@@ -299,7 +308,9 @@ pub fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Settings>
         figment = figment.merge(Serialized::default("database.url", url));
     }
     if let Ok(url) = std::env::var("REDIS_URL") {
-        figment = figment.merge(Serialized::default("queue.redis_url", url));
+        figment = figment
+            .merge(Serialized::default("queue.redis_url", url))
+            .merge(Serialized::default("queue.backend", "redis"));
     }
     let settings: Settings = figment
         .extract()

@@ -12,7 +12,7 @@ use palisade_contracts::{
 use palisade_notifier::{
     EngineSettings, Listeners, Settings,
     auth::{StaticCredential, StaticCredentials},
-    queue::{self, QueueSettings},
+    queue::EventSettings,
 };
 use palisade_testkit::{TestDatabase, TestRedis};
 use support::*;
@@ -30,11 +30,10 @@ fn settings(
 ) -> Settings {
     Settings {
         database: db.settings(),
-        queue: QueueSettings {
-            redis_url: redis.url().to_owned(),
-            key_prefix: redis.prefix().to_owned(),
+        queue: queue_settings(redis),
+        events: EventSettings {
             consumer_name: consumer.to_owned(),
-            visibility_timeout: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(500),
             ..Default::default()
         },
         kek: palisade_crypto::LocalKekSettings {
@@ -63,6 +62,16 @@ fn settings(
         },
         workers: Some(true),
         shutdown_timeout: Some(Duration::from_secs(5)),
+    }
+}
+
+fn queue_settings(redis: &TestRedis) -> palisade_queue::QueueSettings {
+    palisade_queue::QueueSettings {
+        backend: palisade_queue::Backend::Redis,
+        redis_url: Some(secrecy::SecretString::from(redis.url().to_owned())),
+        key_prefix: redis.prefix().trim_end_matches(':').to_owned(),
+        visibility_timeout: Duration::from_secs(2),
+        ..Default::default()
     }
 }
 
@@ -576,18 +585,16 @@ async fn a_notifier_killed_mid_fan_out_loses_nothing_and_repeats_only_with_the_s
     .await
     .unwrap();
 
-    let mut conn = redis.connection().await;
+    let producer = palisade_queue::connect(&queue_settings(&redis))
+        .await
+        .unwrap();
     let fingerprints: Vec<String> = (0..12).map(|i| format!("fp-crash-{i}")).collect();
     for fp in &fingerprints {
         let a = alert(fp, Severity::Medium as i32, "c1");
-        queue::publish(
-            &mut conn,
-            redis.prefix(),
-            "alerts",
-            &raised(&a, chrono::Utc::now().timestamp_millis()),
-        )
-        .await
-        .unwrap();
+        producer
+            .publish("alerts", &raised(&a, chrono::Utc::now().timestamp_millis()))
+            .await
+            .unwrap();
         // Spread out, so the fan-out is several notifications rather than one.
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
