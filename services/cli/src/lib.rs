@@ -7,6 +7,7 @@
 
 mod commands;
 mod connect;
+pub mod dev;
 mod output;
 
 use std::process::ExitCode;
@@ -59,6 +60,8 @@ pub enum Command {
     /// Partner security requirements: status, findings, history, customers, reports.
     #[command(subcommand)]
     Compliance(commands::compliance::ComplianceCommand),
+    /// Runs Palisade in one process on embedded defaults (SQLite, in-process queue, local key).
+    Dev(dev::DevArgs),
     /// Prints shell completions, e.g. `palisade completions bash > /etc/bash_completion.d/palisade`.
     Completions { shell: clap_complete::Shell },
 }
@@ -83,8 +86,8 @@ pub async fn main(cli: Cli) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = cli.client.resolve()?;
     match cli.command {
+        Command::Dev(args) => dev::run(args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -95,10 +98,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Auth(cmd) => commands::auth::run(cmd, &client).await,
-        Command::Tokens(cmd) => commands::tokens::run(cmd, &client).await,
-        Command::Alerts(cmd) => commands::alerts::run(cmd, &client).await,
-        Command::Notify(cmd) => commands::notify::run(cmd, &client).await,
-        Command::Compliance(cmd) => commands::compliance::run(cmd, &client).await,
+        Command::Auth(cmd) => commands::auth::run(cmd, &cli.client.resolve()?).await,
+        Command::Tokens(cmd) => commands::tokens::run(cmd, &cli.client.resolve()?).await,
+        Command::Alerts(cmd) => commands::alerts::run(cmd, &cli.client.resolve()?).await,
+        Command::Notify(cmd) => commands::notify::run(cmd, &cli.client.resolve()?).await,
+        Command::Compliance(cmd) => commands::compliance::run(cmd, &cli.client.resolve()?).await,
     }
 }

@@ -101,11 +101,27 @@ pub fn table<M: prost::Message + prost::Name>(message: &M, view: View<'_>) -> St
             out
         }
         View::Record => {
-            for field in dm.descriptor().fields() {
-                let value = dm.get_field(&field);
-                table.add_row(vec![field.name().to_owned(), render(&value, &field)]);
-            }
+            add_record_rows(&mut table, &dm, "");
             table.to_string()
+        }
+    }
+}
+
+/// One row per field; nested messages are expanded one level deep as `parent.child` rows.
+fn add_record_rows(table: &mut Table, message: &DynamicMessage, prefix: &str) {
+    for field in message.descriptor().fields() {
+        let value = message.get_field(&field).into_owned();
+        let name = format!("{prefix}{}", field.name());
+        match &value {
+            Value::Message(inner)
+                if prefix.is_empty()
+                    && inner.descriptor().full_name() != "google.protobuf.Timestamp" =>
+            {
+                add_record_rows(table, inner, &format!("{name}."));
+            }
+            _ => {
+                table.add_row(vec![name, render(&value, &field)]);
+            }
         }
     }
 }

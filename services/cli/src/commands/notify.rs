@@ -382,8 +382,13 @@ pub async fn run(cmd: NotifyCommand, clients: &Clients) -> anyhow::Result<()> {
                 let response = client
                     .upsert_admin_agent(pb::UpsertAdminAgentRequest {
                         partner_tenant_id: clients.partner(&partner)?,
+                        // The email identifies an agent unless an explicit id is given.
                         agent: Some(pb::AdminAgent {
-                            agent_id,
+                            agent_id: if agent_id.is_empty() {
+                                email.clone()
+                            } else {
+                                agent_id
+                            },
                             display_name: name,
                             email,
                             language,
