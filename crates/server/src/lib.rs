@@ -6,8 +6,10 @@
 //! optional TLS and mTLS, and an admin HTTP port with `/metrics`, `/healthz` and `/readyz`.
 //! It then shuts down in stages when the token is cancelled.
 
+pub mod cli;
 mod errors;
 mod layers;
+mod platform;
 mod settings;
 mod shutdown;
 
@@ -22,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tower::ServiceBuilder;
 
+pub use cli::{ServiceSettings, service_main};
 pub use errors::{ErrorCode, ServiceError, into_status};
+pub use platform::Platform;
 pub use settings::{ServerSettings, TlsSettings};
 pub use shutdown::shutdown_signal;
 

@@ -1,19 +1,21 @@
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{
     Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
 /// Where a service keeps its rows.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// `postgres://…` in production, `sqlite://path/to/palisade.db` for the embedded default.
     /// With SQLite each service gets its own file next to this one (`palisade.<schema>.db`),
     /// because SQLite has no schemas and every service owns tables with common names.
+    /// Never serialised: it may carry a password.
+    #[serde(skip_serializing)]
     pub url: SecretString,
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
