@@ -28,6 +28,8 @@ pub enum ServiceCommand {
     Serve,
     /// Applies the database migrations and exits.
     Migrate,
+    /// Loads and validates the configuration, then exits: 0 when it would start.
+    CheckConfig,
     /// Mints an admin credential bound to every partner and prints it once.
     BootstrapAdmin {
         #[arg(long, default_value = "bootstrap admin")]
@@ -79,6 +81,10 @@ where
             .await
         }
         ServiceCommand::Migrate => migrate(settings).await,
+        ServiceCommand::CheckConfig => {
+            eprintln!("palisade-{service}: configuration is valid");
+            Ok(())
+        }
         ServiceCommand::BootstrapAdmin { name } => {
             async {
                 let store = palisade_auth::AuthStore::open(settings.database()).await?;
