@@ -21,7 +21,6 @@ use palisade_contracts::{
 };
 use palisade_notifier::{
     EngineSettings, Listeners, Settings,
-    auth::{StaticCredential, StaticCredentials},
     channels::{ChannelSettings, SsrfPolicy},
     queue::EventSettings,
 };
@@ -29,7 +28,6 @@ use palisade_testkit::{TestDatabase, TestRedis};
 use prost::Message;
 use tonic::Request;
 
-const TOKEN: &str = "bench-token";
 const PARTNERS: usize = 50;
 
 #[derive(Default)]
@@ -72,10 +70,10 @@ fn queue_settings(redis: &TestRedis) -> palisade_queue::QueueSettings {
     }
 }
 
-fn authed<T>(body: T) -> Request<T> {
+fn authed<T>(token: &str, body: T) -> Request<T> {
     let mut r = Request::new(body);
     r.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
@@ -118,12 +116,9 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
             ))),
             key_file: None,
         },
-        credentials: vec![StaticCredential {
-            name: "bench".into(),
-            token_sha256: StaticCredentials::digest(TOKEN),
-            partners: vec!["*".into()],
-            scopes: vec!["admin".into()],
-        }],
+        server: palisade_server::ServerSettings::ephemeral(),
+        auth: Default::default(),
+        ack_listen: None,
         channels: ChannelSettings {
             ssrf: SsrfPolicy {
                 allow_loopback: true,
@@ -144,12 +139,33 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
         workers: Some(true),
         shutdown_timeout: Some(Duration::from_secs(5)),
     };
+    let token = {
+        let store = palisade_auth::AuthStore::open(&db.settings())
+            .await
+            .unwrap();
+        let (id, secret, hash) = palisade_auth::generate_secret();
+        let credential = palisade_auth::NewCredential {
+            display_name: "bench".into(),
+            service: true,
+            all_partners: true,
+            partners: vec![],
+            scopes: vec![palisade_auth::Scope::Admin],
+            expires_at: None,
+        };
+        store.insert(&id, &hash, &credential).await.unwrap();
+        secret
+    };
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_port = grpc.local_addr().unwrap().port();
     let ack = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = palisade_notifier::start(
         settings,
-        Listeners { grpc, http: ack },
+        Listeners {
+            grpc,
+            admin,
+            http: ack,
+        },
         palisade_clock::system(),
     )
     .await
@@ -164,43 +180,52 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
     for i in 0..PARTNERS {
         let p = partner(i);
         client
-            .set_partner_settings(authed(SetPartnerSettingsRequest {
-                partner_tenant_id: p.clone(),
-                settings: Some(PartnerSettings {
-                    time_zone: "UTC".into(),
-                    digest_hour: 23,
-                    group_wait_seconds: 0,
-                    group_interval_seconds: 0,
-                    repeat_interval_seconds: 86_400,
-                    escalation: vec![],
-                    default_language: "en".into(),
-                }),
-            }))
+            .set_partner_settings(authed(
+                &token,
+                SetPartnerSettingsRequest {
+                    partner_tenant_id: p.clone(),
+                    settings: Some(PartnerSettings {
+                        time_zone: "UTC".into(),
+                        digest_hour: 23,
+                        group_wait_seconds: 0,
+                        group_interval_seconds: 0,
+                        repeat_interval_seconds: 86_400,
+                        escalation: vec![],
+                        default_language: "en".into(),
+                    }),
+                },
+            ))
             .await
             .unwrap();
         let path = format!("/hook/{i}");
         let channel = client
-            .create_channel(authed(CreateChannelRequest {
-                partner_tenant_id: p.clone(),
-                display_name: path.clone(),
-                kind: ChannelKind::Webhook as i32,
-                target: format!("http://127.0.0.1:{http_port}{path}"),
-                ..Default::default()
-            }))
+            .create_channel(authed(
+                &token,
+                CreateChannelRequest {
+                    partner_tenant_id: p.clone(),
+                    display_name: path.clone(),
+                    kind: ChannelKind::Webhook as i32,
+                    target: format!("http://127.0.0.1:{http_port}{path}"),
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap()
             .into_inner()
             .channel
             .unwrap();
         client
-            .create_route(authed(CreateRouteRequest {
-                partner_tenant_id: p.clone(),
-                route: Some(Route {
-                    display_name: "bench".into(),
-                    channel_ids: vec![channel.channel_id],
-                    ..Default::default()
-                }),
-            }))
+            .create_route(authed(
+                &token,
+                CreateRouteRequest {
+                    partner_tenant_id: p.clone(),
+                    route: Some(Route {
+                        display_name: "bench".into(),
+                        channel_ids: vec![channel.channel_id],
+                        ..Default::default()
+                    }),
+                },
+            ))
             .await
             .unwrap();
         if i < unhealthy {

@@ -1,6 +1,6 @@
 //! The notifier's one error type. Each variant says what went wrong in lowercase words; the
-//! gRPC layer maps it to a `tonic::Code` through [`NotifierError::code`] and never shows an
-//! internal cause to a caller.
+//! gRPC layer maps it to a `tonic::Code` through the platform's code table
+//! (`palisade_server::ServiceError`) and never shows an internal cause to a caller.
 
 use palisade_storage::StorageError;
 
@@ -39,18 +39,25 @@ impl NotifierError {
 
     /// The code table: client mistakes keep their words, everything else is opaque.
     pub fn code(&self) -> tonic::Code {
+        palisade_server::ServiceError::code(self).grpc()
+    }
+}
+
+impl palisade_server::ServiceError for NotifierError {
+    fn code(&self) -> palisade_server::ErrorCode {
+        use palisade_server::ErrorCode;
         match self {
-            Self::InvalidArgument(_) | Self::AddressRefused(_) => tonic::Code::InvalidArgument,
-            Self::NotFound(_) => tonic::Code::NotFound,
-            Self::Unauthenticated => tonic::Code::Unauthenticated,
-            Self::PermissionDenied => tonic::Code::PermissionDenied,
-            Self::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            Self::InvalidArgument(_) | Self::AddressRefused(_) => ErrorCode::InvalidArgument,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::PermissionDenied => ErrorCode::PermissionDenied,
+            Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Self::Storage(_)
             | Self::Database(_)
             | Self::Crypto(_)
             | Self::Template(_)
             | Self::Corrupt(_)
-            | Self::Internal(_) => tonic::Code::Internal,
+            | Self::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -62,21 +69,10 @@ impl From<prost::DecodeError> for NotifierError {
 }
 
 impl From<NotifierError> for tonic::Status {
+    /// Through the platform's table: internal causes are logged with a correlation id and
+    /// never shown to the caller.
     fn from(err: NotifierError) -> Self {
-        let code = err.code();
-        if code == tonic::Code::Internal {
-            // The cause chain goes to the log, never to the caller.
-            let mut chain = String::new();
-            let mut source = std::error::Error::source(&err);
-            while let Some(s) = source {
-                chain.push_str(": ");
-                chain.push_str(&s.to_string());
-                source = s.source();
-            }
-            tracing::error!(error = %err, cause = %chain, "internal error");
-            return tonic::Status::new(code, "internal error");
-        }
-        tonic::Status::new(code, err.to_string())
+        palisade_server::into_status(err)
     }
 }
 

@@ -47,8 +47,12 @@ pub struct Settings {
     /// Which topics the notifier reads, as which consumer group.
     pub events: queue::EventSettings,
     pub kek: LocalKekSettings,
-    /// Client credentials (see [`auth::StaticCredentials`]).
-    pub credentials: Vec<auth::StaticCredential>,
+    /// The platform gRPC server: listen addresses, limits, TLS, shutdown deadline.
+    pub server: palisade_server::ServerSettings,
+    /// The platform credential registry: bootstrap and this service's own credential.
+    pub auth: palisade_auth::AuthSettings,
+    /// The public HTTP endpoint for one-click acknowledgement links.
+    pub ack_listen: Option<std::net::SocketAddr>,
     pub channels: channels::ChannelSettings,
     pub engine: EngineSettings,
     /// Run the background workers (consumer, timers, dispatcher). Off for an API-only replica.
@@ -61,14 +65,7 @@ impl Settings {
     /// Refuses a configuration that would fail later, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.engine.validate().map_err(anyhow::Error::msg)?;
-        for c in &self.credentials {
-            if hex::decode(&c.token_sha256).map(|d| d.len()) != Ok(32) {
-                anyhow::bail!(
-                    "notifier.credentials[{}].token_sha256: must be 64 hex characters",
-                    c.name
-                );
-            }
-        }
+        self.server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         if self.queue.backend == palisade_queue::Backend::Redis && self.queue.redis_url.is_none() {
             anyhow::bail!("notifier.queue.redis_url: required with the redis backend");
         }
@@ -80,6 +77,8 @@ impl Settings {
 #[derive(Debug)]
 pub struct Listeners {
     pub grpc: TcpListener,
+    /// The admin port: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: TcpListener,
     /// The public HTTP endpoint for acknowledgement links.
     pub http: TcpListener,
 }
@@ -171,39 +170,46 @@ pub async fn start(
         senders,
         settings.engine.clone(),
     ));
-    let auth: Arc<dyn auth::Authorize> =
-        Arc::new(auth::StaticCredentials::new(settings.credentials.clone()));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    // gRPC: the API, health and reflection.
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<palisade_contracts::notify::v1::notification_service_server::NotificationServiceServer<service::NotificationApi>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(palisade_contracts::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Credentials come from the platform registry, verified in the server's auth layer.
+    let auth_store = palisade_auth::AuthStore::open(&settings.database)
+        .await
+        .context("notifier.database (auth registry)")?;
+    if let Some(secret) = &settings.auth.bootstrap_admin_secret {
+        palisade_auth::ensure_configured_credential(
+            &auth_store,
+            secret,
+            "bootstrap admin",
+            vec![palisade_auth::Scope::Admin],
+        )
+        .await?;
+    }
+    let authenticator =
+        palisade_auth::Authenticator::start(auth_store, Duration::from_secs(1), shutdown.clone())
+            .await?;
     let api =
         palisade_contracts::notify::v1::notification_service_server::NotificationServiceServer::new(
-            service::NotificationApi::new(Arc::clone(&core), auth),
-        );
-    let grpc_shutdown = shutdown.clone();
-    let incoming = tokio_stream_listener(listeners.grpc);
+            service::NotificationApi::new(Arc::clone(&core)),
+        )
+        .max_decoding_message_size(settings.server.max_message_bytes);
+    let serve = palisade_server::serve(palisade_server::ServeOptions {
+        service_name: "notifier",
+        health_names: vec!["palisade.notify.v1.NotificationService"],
+        settings: settings.server.clone(),
+        listeners: palisade_server::Listeners {
+            grpc: listeners.grpc,
+            admin: listeners.admin,
+        },
+        routes: tonic::service::Routes::new(api),
+        authenticator,
+        metrics: palisade_telemetry::Metrics::new(),
+        readiness: palisade_server::always_ready(),
+        shutdown: shutdown.clone(),
+    });
     tasks.spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .timeout(Duration::from_secs(30))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(api)
-            .serve_with_incoming_shutdown(incoming, async move {
-                grpc_shutdown.cancelled().await;
-                health_reporter
-                    .set_not_serving::<palisade_contracts::notify::v1::notification_service_server::NotificationServiceServer<service::NotificationApi>>()
-                    .await;
-            })
-            .await;
-        if let Err(e) = result {
+        if let Err(e) = serve.await {
             tracing::error!(error = %e, "grpc server failed");
         }
     });
@@ -256,18 +262,6 @@ pub async fn run(
     Ok(())
 }
 
-fn tokio_stream_listener(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((accepted, listener))
-    })
-}
-
 /// The command line of `palisade-notifier`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -285,12 +279,7 @@ pub struct Cli {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Serve the API and run the workers (the default).
-    Serve {
-        #[arg(long, default_value = "0.0.0.0:50053")]
-        grpc_addr: std::net::SocketAddr,
-        #[arg(long, default_value = "0.0.0.0:8089")]
-        http_addr: std::net::SocketAddr,
-    },
+    Serve,
     /// Apply database migrations and exit (a Kubernetes pre-upgrade hook).
     Migrate,
 }
@@ -328,25 +317,20 @@ pub async fn main_with(cli: Cli) -> anyhow::Result<()> {
         .json()
         .init();
     let settings = load_settings(cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve {
-        grpc_addr: ([0, 0, 0, 0], 50053).into(),
-        http_addr: ([0, 0, 0, 0], 8089).into(),
-    }) {
+    match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
             let applied = migrate(&settings).await?;
             tracing::info!(applied, "migrations applied");
         }
-        Command::Serve {
-            grpc_addr,
-            http_addr,
-        } => {
+        Command::Serve => {
+            let server = palisade_server::Listeners::bind(&settings.server).await?;
+            let ack = settings.ack_listen.unwrap_or(([0, 0, 0, 0], 8089).into());
             let listeners = Listeners {
-                grpc: TcpListener::bind(grpc_addr)
+                grpc: server.grpc,
+                admin: server.admin,
+                http: TcpListener::bind(ack)
                     .await
-                    .context("binding the grpc address")?,
-                http: TcpListener::bind(http_addr)
-                    .await
-                    .context("binding the http address")?,
+                    .with_context(|| format!("config key ack_listen: cannot bind {ack}"))?,
             };
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::{Authorize, Scope},
+    auth::{self, Scope},
     channels::{format, signing},
     engine::{Notifier, SECURITY_CONTACT_PHONE},
     error::{NotifierError, Result},
@@ -23,7 +23,6 @@ use crate::{
 #[derive(Clone)]
 pub struct NotificationApi {
     core: Arc<Notifier>,
-    auth: Arc<dyn Authorize>,
 }
 
 impl std::fmt::Debug for NotificationApi {
@@ -126,14 +125,17 @@ pub fn missing_security_contact_fields(c: &SecurityContact) -> Vec<String> {
 }
 
 impl NotificationApi {
-    pub fn new(core: Arc<Notifier>, auth: Arc<dyn Authorize>) -> Self {
-        Self { core, auth }
+    pub fn new(core: Arc<Notifier>) -> Self {
+        Self { core }
     }
 
-    async fn authorize<T>(&self, request: &Request<T>, partner: &str, scope: Scope) -> Result<()> {
-        self.auth
-            .authorize(request.metadata(), partner, scope)
-            .await
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        partner: &str,
+        scope: Scope,
+    ) -> std::result::Result<(), Status> {
+        auth::authorize(request, partner, scope)
     }
 
     fn store(&self) -> &Arc<dyn crate::store::NotifyStore> {

@@ -16,7 +16,7 @@ use palisade_contracts::{
     tokens::v1::TokenHealthState,
 };
 use palisade_notifier::{
-    auth::{StaticCredential, StaticCredentials},
+    auth::{Principal, Scope},
     service::NotificationApi,
     store::{ChannelRecord, DeliveryFilter},
 };
@@ -24,22 +24,21 @@ use prost::Message;
 use sha2::Sha256;
 use support::*;
 
-const TOKEN: &str = "partner-a-admin-token";
-
 fn api(h: &Harness) -> NotificationApi {
-    let creds = StaticCredentials::new(vec![StaticCredential {
-        name: "test".into(),
-        token_sha256: StaticCredentials::digest(TOKEN),
-        partners: vec![PARTNER.into()],
-        scopes: vec!["notify:admin".into()],
-    }]);
-    NotificationApi::new(Arc::clone(&h.core), Arc::new(creds))
+    NotificationApi::new(Arc::clone(&h.core))
 }
 
+/// A request as the server's auth layer hands it on: verified, for partner A, notify:admin.
 fn req<T>(body: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(body);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r.extensions_mut().insert(Principal {
+        credential_id: "0123456789abcdef".into(),
+        display_name: "partner-a admin".into(),
+        service: false,
+        all_partners: false,
+        partners: [PARTNER.to_owned()].into_iter().collect(),
+        scopes: [Scope::NotifyAdmin].into_iter().collect(),
+    });
     r
 }
 

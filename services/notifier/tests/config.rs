@@ -35,12 +35,6 @@ fn a_file_layers_over_the_defaults_and_bad_values_name_their_key() {
 
         [channels.sms]
         twilio_auth_token = "twilio-token-do-not-print"
-
-        [[credentials]]
-        name = "ops"
-        token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-        partners = ["*"]
-        scopes = ["notify:admin"]
         "#,
     );
     let settings = load_settings(Some(&path)).unwrap();

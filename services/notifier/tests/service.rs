@@ -9,17 +9,41 @@ use palisade_contracts::{
     common::v1::Severity,
     notify::v1::{notification_service_client::NotificationServiceClient, *},
 };
-use palisade_notifier::{
-    EngineSettings, Listeners, Settings,
-    auth::{StaticCredential, StaticCredentials},
-    queue::EventSettings,
-};
+use palisade_notifier::{EngineSettings, Listeners, Settings, queue::EventSettings};
 use palisade_testkit::{TestDatabase, TestRedis};
 use support::*;
 use tonic::{Code, Request, transport::Channel};
 
-const ADMIN_A: &str = "token-admin-partner-a";
-const READER_A: &str = "token-reader-partner-a";
+/// Mints partner A's admin and read-only credentials in the platform registry.
+async fn mint(db: &TestDatabase) -> (String, String) {
+    let store = palisade_auth::AuthStore::open(&db.settings())
+        .await
+        .unwrap();
+    let mut tokens = Vec::new();
+    for (name, scope) in [
+        ("a-admin", palisade_auth::Scope::NotifyAdmin),
+        ("a-reader", palisade_auth::Scope::NotifyRead),
+    ] {
+        let (id, secret, hash) = palisade_auth::generate_secret();
+        store
+            .insert(
+                &id,
+                &hash,
+                &palisade_auth::NewCredential {
+                    display_name: name.into(),
+                    service: false,
+                    all_partners: false,
+                    partners: vec![PARTNER.into()],
+                    scopes: vec![scope],
+                    expires_at: None,
+                },
+            )
+            .await
+            .unwrap();
+        tokens.push(secret);
+    }
+    (tokens[0].clone(), tokens[1].clone())
+}
 
 fn settings(
     db: &TestDatabase,
@@ -40,20 +64,9 @@ fn settings(
             keys: Some(kek_keys()),
             key_file: None,
         },
-        credentials: vec![
-            StaticCredential {
-                name: "a-admin".into(),
-                token_sha256: StaticCredentials::digest(ADMIN_A),
-                partners: vec![PARTNER.into()],
-                scopes: vec!["notify:admin".into()],
-            },
-            StaticCredential {
-                name: "a-reader".into(),
-                token_sha256: StaticCredentials::digest(READER_A),
-                partners: vec![PARTNER.into()],
-                scopes: vec!["notify:read".into()],
-            },
-        ],
+        server: palisade_server::ServerSettings::ephemeral(),
+        auth: Default::default(),
+        ack_listen: None,
         channels: channel_settings(smtp, http, LOOPBACK),
         engine: EngineSettings {
             lease: Duration::from_secs(2),
@@ -78,8 +91,9 @@ fn queue_settings(redis: &TestRedis) -> palisade_queue::QueueSettings {
 async fn listeners() -> (Listeners, u16) {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = grpc.local_addr().unwrap().port();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    (Listeners { grpc, http }, port)
+    (Listeners { grpc, admin, http }, port)
 }
 
 async fn client(port: u16) -> NotificationServiceClient<Channel> {
@@ -429,6 +443,7 @@ async fn call_every_rpc(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_denies_other_tenants_and_unauthenticated_callers() {
     let db = TestDatabase::create().await;
+    let (admin_a, reader_a) = mint(&db).await;
     let redis = TestRedis::create().await;
     let smtp = SmtpServer::start().await;
     let http = Receiver::start().await;
@@ -443,7 +458,7 @@ async fn every_rpc_denies_other_tenants_and_unauthenticated_callers() {
     let mut c = client(port).await;
 
     // Partner A's admin is denied on every RPC for partner B, whether or not B has data.
-    for (rpc, code) in call_every_rpc(&mut c, ADMIN_A, OTHER_PARTNER).await {
+    for (rpc, code) in call_every_rpc(&mut c, &admin_a, OTHER_PARTNER).await {
         assert_eq!(code, Code::PermissionDenied, "{rpc} for another partner");
     }
     for (rpc, code) in call_every_rpc(&mut c, "", PARTNER).await {
@@ -473,7 +488,7 @@ async fn every_rpc_denies_other_tenants_and_unauthenticated_callers() {
         "SnoozeAlert",
         "RedriveDeadLetters",
     ];
-    for (rpc, code) in call_every_rpc(&mut c, READER_A, PARTNER).await {
+    for (rpc, code) in call_every_rpc(&mut c, &reader_a, PARTNER).await {
         if writes.contains(&rpc) {
             assert_eq!(
                 code,
@@ -490,7 +505,7 @@ async fn every_rpc_denies_other_tenants_and_unauthenticated_callers() {
         }
     }
     // And the owner gets through (answers depend on data, but never an auth error).
-    for (rpc, code) in call_every_rpc(&mut c, ADMIN_A, PARTNER).await {
+    for (rpc, code) in call_every_rpc(&mut c, &admin_a, PARTNER).await {
         assert!(
             !matches!(
                 code,
@@ -501,7 +516,7 @@ async fn every_rpc_denies_other_tenants_and_unauthenticated_callers() {
     }
     let status = c
         .get_security_contact_status(authed(
-            READER_A,
+            &reader_a,
             GetSecurityContactStatusRequest {
                 partner_tenant_id: PARTNER.into(),
             },
@@ -520,6 +535,7 @@ async fn every_rpc_denies_other_tenants_and_unauthenticated_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notifier_killed_mid_fan_out_loses_nothing_and_repeats_only_with_the_same_webhook_id() {
     let db = TestDatabase::create().await;
+    let (admin_a, _reader_a) = mint(&db).await;
     let redis = TestRedis::create().await;
     let smtp = SmtpServer::start().await;
     let http = Receiver::start().await;
@@ -534,7 +550,7 @@ async fn a_notifier_killed_mid_fan_out_loses_nothing_and_repeats_only_with_the_s
     let mut c = client(port).await;
 
     c.set_partner_settings(authed(
-        ADMIN_A,
+        &admin_a,
         SetPartnerSettingsRequest {
             partner_tenant_id: PARTNER.into(),
             settings: Some(PartnerSettings {
@@ -557,7 +573,7 @@ async fn a_notifier_killed_mid_fan_out_loses_nothing_and_repeats_only_with_the_s
         http.default_reply(hook, Reply::status(200).delayed(Duration::from_millis(300)));
         let ch = c
             .create_channel(authed(
-                ADMIN_A,
+                &admin_a,
                 CreateChannelRequest {
                     partner_tenant_id: PARTNER.into(),
                     display_name: hook.into(),
@@ -572,7 +588,7 @@ async fn a_notifier_killed_mid_fan_out_loses_nothing_and_repeats_only_with_the_s
         channel_ids.push(ch.channel.unwrap().channel_id);
     }
     c.create_route(authed(
-        ADMIN_A,
+        &admin_a,
         CreateRouteRequest {
             partner_tenant_id: PARTNER.into(),
             route: Some(Route {
@@ -625,7 +641,7 @@ async fn a_notifier_killed_mid_fan_out_loses_nothing_and_repeats_only_with_the_s
     for _ in 0..300 {
         let ds = c
             .list_deliveries(authed(
-                ADMIN_A,
+                &admin_a,
                 ListDeliveriesRequest {
                     partner_tenant_id: PARTNER.into(),
                     page_size: 500,
