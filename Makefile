@@ -53,7 +53,8 @@ $(HELM_VENV)/.installed: deploy/helm-check/requirements.txt
 	$(HELM_VENV)/bin/pip install --quiet --disable-pip-version-check --ignore-requires-python -r $<
 	touch $@
 
-helm-check: $(HELM_VENV)/.installed ## Lint, render and validate the Helm chart offline, and assert its policies
+helm-check: $(HELM_VENV)/.installed ## Lint, render and validate the Helm chart offline, assert its policies, and check the services accept its config
+	$(CARGO) build -q -p palisade-token-broker -p palisade-alert-ingest -p palisade-compliance
 	cd deploy/helm-check && ../../$(HELM_VENV)/bin/python check_chart.py 2> >(grep -v -E 'reflector.go|symbolic link' >&2)
 
 clean: ## Remove build output and local state

@@ -70,17 +70,13 @@ app.kubernetes.io/part-of: palisade
     "admin_listen" (printf "0.0.0.0:%d" (int $v.ports.admin))
     "shutdown_deadline" (printf "%ds" (int $v.shutdownDeadlineSeconds)))
   "queue" (dict "backend" "redis" "key_prefix" $v.redis.keyPrefix)
-  "telemetry" (dict "log_format" $v.logging.format "log_filter" $v.logging.level)
 -}}
-{{- if has .component (list "token-broker" "alert-ingest" "compliance") -}}
-{{- $_ := set $base "microsoft" (dict "cloud" $v.microsoft.cloud "login_url" $v.microsoft.loginUrl "partner_center_url" $v.microsoft.partnerCenterUrl "graph_url" $v.microsoft.graphUrl) -}}
-{{- end -}}
-{{- if eq .component "alert-ingest" -}}
-{{- $_ := set $base "webhook" (dict "listen" (printf "0.0.0.0:%d" (int .spec.webhookPort))) -}}
+{{- if ne .component "notifier" -}}
+{{- $_ := set $base "telemetry" (dict "log_format" $v.logging.format "log_filter" $v.logging.level) -}}
 {{- end -}}
 {{- if eq .component "notifier" -}}
-{{- $_ := set $base "links" (dict "listen" (printf "0.0.0.0:%d" (int .spec.linkPort))) -}}
-{{- $_ := set $base "ssrf" (dict "allowed_cidrs" $v.notifier.ssrfAllowedCidrs) -}}
+{{- $_ := set $base "ack_listen" (printf "0.0.0.0:%d" (int .spec.linkPort)) -}}
+{{- $_ := set $base "channels" (dict "ssrf" (dict "allow_private" $v.notifier.ssrf.allowPrivate "allow_loopback" false "allow_link_local" false)) -}}
 {{- end -}}
 {{- toToml (mustMergeOverwrite $base (deepCopy .spec.config)) -}}
 {{- end -}}
