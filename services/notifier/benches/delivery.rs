@@ -118,6 +118,7 @@ async fn scenario(name: &str, rate: u64, seconds: u64, unhealthy_share: f64) -> 
         },
         server: palisade_server::ServerSettings::ephemeral(),
         auth: Default::default(),
+        telemetry: Default::default(),
         ack_listen: None,
         channels: ChannelSettings {
             ssrf: SsrfPolicy {

@@ -13,7 +13,7 @@ use std::{
 
 use palisade_contracts::notify::v1::{ChannelKind, Recipient};
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// A number per channel kind.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PerKind {
     pub email: f64,
@@ -48,7 +48,7 @@ impl PerKind {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Requests in flight per channel kind, across all endpoints.

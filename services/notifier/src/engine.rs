@@ -23,7 +23,7 @@ use palisade_contracts::{
 use palisade_crypto::{Aad, EnvelopeCipher, Sealed};
 use prost::Message;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
@@ -45,13 +45,14 @@ use crate::{
 /// A pseudo channel id in escalation steps: an SMS to the security contact's 24x7 phone.
 pub const SECURITY_CONTACT_PHONE: &str = "@security-contact-phone";
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
     /// The notifier's public base URL, for one-click acknowledgement links.
     pub public_url: String,
     /// Signs acknowledgement links. When unset a random key is made at start, and links
     /// stop working at the next restart.
+    #[serde(skip_serializing)]
     pub link_signing_key: Option<SecretString>,
     #[serde(with = "humantime_serde")]
     pub link_ttl: Duration,
@@ -64,7 +65,10 @@ pub struct EngineSettings {
     pub default_digest_hour: u32,
     pub default_time_zone: String,
     /// Delays before each retry (Svix's schedule by default); after the last, a dead letter.
-    #[serde(deserialize_with = "duration_list")]
+    #[serde(
+        deserialize_with = "duration_list",
+        serialize_with = "duration_list_out"
+    )]
     pub retry_schedule: Vec<Duration>,
     /// ±fraction of each delay, so retries of one outage do not arrive together.
     pub retry_jitter: f64,
@@ -167,6 +171,14 @@ fn duration_list<'de, D: serde::Deserializer<'de>>(
 ) -> std::result::Result<Vec<Duration>, D::Error> {
     let raw: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
     Ok(raw.into_iter().map(|s| s.into_inner()).collect())
+}
+
+fn duration_list_out<S: serde::Serializer>(
+    list: &[Duration],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let shown: Vec<humantime_serde::Serde<Duration>> = list.iter().map(|d| (*d).into()).collect();
+    shown.serialize(s)
 }
 
 /// What routing an event needs about its partner, read once and shared for a short time.

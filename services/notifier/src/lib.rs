@@ -27,7 +27,7 @@ use anyhow::Context;
 use palisade_clock::SharedClock;
 use palisade_crypto::{EnvelopeCipher, LocalKek, LocalKekSettings};
 use palisade_storage::{Database, DatabaseSettings};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ use crate::store::{NotifyStore, SqlStore};
 
 /// Everything the notifier is configured with. Defaults run locally on SQLite and the
 /// in-process queue.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -46,11 +46,14 @@ pub struct Settings {
     pub queue: palisade_queue::QueueSettings,
     /// Which topics the notifier reads, as which consumer group.
     pub events: queue::EventSettings,
+    /// Seals channel secrets at rest. Never serialized: it may hold key material.
+    #[serde(skip_serializing)]
     pub kek: LocalKekSettings,
     /// The platform gRPC server: listen addresses, limits, TLS, shutdown deadline.
     pub server: palisade_server::ServerSettings,
     /// The platform credential registry: bootstrap and this service's own credential.
     pub auth: palisade_auth::AuthSettings,
+    pub telemetry: palisade_telemetry::TelemetrySettings,
     /// The public HTTP endpoint for one-click acknowledgement links.
     pub ack_listen: Option<std::net::SocketAddr>,
     pub channels: channels::ChannelSettings,
@@ -61,17 +64,42 @@ pub struct Settings {
     pub shutdown_timeout: Option<Duration>,
 }
 
-impl Settings {
+impl palisade_config::Validate for Settings {
     /// Refuses a configuration that would fail later, naming the key.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        self.engine.validate().map_err(anyhow::Error::msg)?;
-        self.server.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    fn validate(&self) -> Result<(), palisade_config::ConfigError> {
+        use palisade_config::ConfigError;
+        self.server.validate()?;
+        self.engine.validate().map_err(|e| {
+            let (key, reason) = e.split_once(": ").unwrap_or(("engine", e.as_str()));
+            ConfigError::invalid(key.trim_start_matches("notifier."), reason)
+        })?;
         if self.queue.backend == palisade_queue::Backend::Redis && self.queue.redis_url.is_none() {
-            anyhow::bail!("notifier.queue.redis_url: required with the redis backend");
+            return Err(ConfigError::invalid(
+                "queue.redis_url",
+                "required with the redis backend",
+            ));
         }
         Ok(())
     }
 }
+
+impl palisade_server::ServiceSettings for Settings {
+    fn server(&self) -> &palisade_server::ServerSettings {
+        &self.server
+    }
+    fn database(&self) -> &DatabaseSettings {
+        &self.database
+    }
+    fn telemetry(&self) -> &palisade_telemetry::TelemetrySettings {
+        &self.telemetry
+    }
+    fn auth(&self) -> &palisade_auth::AuthSettings {
+        &self.auth
+    }
+}
+
+/// The service's name in config (`PALISADE_NOTIFIER__…`), logs and metrics.
+pub const SERVICE: &str = "notifier";
 
 /// The sockets the notifier serves on, bound by the caller (port 0 in tests).
 #[derive(Debug)]
@@ -137,11 +165,14 @@ pub fn build_cipher(settings: &LocalKekSettings) -> anyhow::Result<EnvelopeCiphe
     Ok(EnvelopeCipher::new(Arc::new(kek)))
 }
 
-pub async fn migrate(settings: &Settings) -> anyhow::Result<usize> {
+/// `palisade-notifier migrate`: the notify schema and the credential registry.
+pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let db = Database::connect(&settings.database, "notify").await?;
     let applied = SqlStore::new(db.clone()).migrate().await?;
+    palisade_auth::AuthStore::open(&settings.database).await?;
+    tracing::info!(applied, "migrations applied");
     db.close().await;
-    Ok(applied)
+    Ok(())
 }
 
 /// Starts the notifier: migrations, the gRPC API, the acknowledgement endpoint and, unless
@@ -151,7 +182,7 @@ pub async fn start(
     listeners: Listeners,
     clock: SharedClock,
 ) -> anyhow::Result<Running> {
-    settings.validate()?;
+    palisade_config::Validate::validate(&settings)?;
     let database = Database::connect(&settings.database, "notify")
         .await
         .context("notifier.database")?;
@@ -251,107 +282,24 @@ pub async fn start(
 /// workers release what they hold, the pool closes.
 pub async fn run(
     settings: Settings,
-    listeners: Listeners,
+    listeners: palisade_server::Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let ack = settings
+        .ack_listen
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8089)));
+    let http = TcpListener::bind(ack)
+        .await
+        .with_context(|| format!("config key ack_listen: cannot bind {ack}"))?;
+    let listeners = Listeners {
+        grpc: listeners.grpc,
+        admin: listeners.admin,
+        http,
+    };
     let running = start(settings, listeners, palisade_clock::system()).await?;
     tracing::info!("notifier started");
     shutdown.cancelled().await;
     running.stop().await;
     tracing::info!("notifier stopped");
-    Ok(())
-}
-
-/// The command line of `palisade-notifier`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "palisade-notifier",
-    about = "Palisade notifier: people, channels, grouping, escalation and delivery"
-)]
-pub struct Cli {
-    /// A TOML file layered over the defaults (environment `PALISADE_NOTIFIER__…` wins).
-    #[arg(long, env = "PALISADE_NOTIFIER_CONFIG")]
-    pub config: Option<std::path::PathBuf>,
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Serve the API and run the workers (the default).
-    Serve,
-    /// Apply database migrations and exit (a Kubernetes pre-upgrade hook).
-    Migrate,
-}
-
-/// Defaults, then the optional file, then `PALISADE_NOTIFIER__SECTION__KEY`, with
-/// `DATABASE_URL` and `REDIS_URL` honoured.
-pub fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Settings> {
-    use figment::providers::{Env, Format, Serialized, Toml};
-    let mut figment = figment::Figment::new();
-    if let Some(path) = file {
-        figment = figment.merge(Toml::file_exact(path));
-    }
-    figment = figment.merge(Env::prefixed("PALISADE_NOTIFIER__").split("__"));
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        figment = figment.merge(Serialized::default("database.url", url));
-    }
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        figment = figment
-            .merge(Serialized::default("queue.redis_url", url))
-            .merge(Serialized::default("queue.backend", "redis"));
-    }
-    let settings: Settings = figment
-        .extract()
-        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    settings.validate()?;
-    Ok(settings)
-}
-
-/// What `main` does: parse, configure, and serve or migrate.
-pub async fn main_with(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .json()
-        .init();
-    let settings = load_settings(cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => {
-            let applied = migrate(&settings).await?;
-            tracing::info!(applied, "migrations applied");
-        }
-        Command::Serve => {
-            let server = palisade_server::Listeners::bind(&settings.server).await?;
-            let ack = settings.ack_listen.unwrap_or(([0, 0, 0, 0], 8089).into());
-            let listeners = Listeners {
-                grpc: server.grpc,
-                admin: server.admin,
-                http: TcpListener::bind(ack)
-                    .await
-                    .with_context(|| format!("config key ack_listen: cannot bind {ack}"))?,
-            };
-            let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                signal.cancel();
-            });
-            #[cfg(unix)]
-            {
-                let signal = shutdown.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut term) =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        term.recv().await;
-                        signal.cancel();
-                    }
-                });
-            }
-            run(settings, listeners, shutdown).await?;
-        }
-    }
     Ok(())
 }

@@ -1,8 +1,11 @@
-//! `palisade-notifier`: `serve` (the default) or `migrate`.
-
-use clap::Parser;
+//! `palisade-notifier`: `serve` (the default), `migrate`, `check-config` or `bootstrap-admin`.
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    palisade_notifier::main_with(palisade_notifier::Cli::parse()).await
+async fn main() -> std::process::ExitCode {
+    palisade_server::service_main(
+        palisade_notifier::SERVICE,
+        palisade_notifier::run,
+        palisade_notifier::migrate,
+    )
+    .await
 }

@@ -9,13 +9,13 @@
 use std::{sync::Arc, time::Duration};
 
 use palisade_queue::{Consumer, Delivery, Queue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{engine::Notifier, error::NotifierError};
 
 /// `[events]`: what the notifier reads. The connection itself is the platform `[queue]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
     pub topics: Vec<String>,

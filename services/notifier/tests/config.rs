@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use palisade_contracts::notify::v1::ChannelKind;
 use palisade_notifier::{
+    Settings,
     channels::{ChannelSecrets, ChannelSettings, Senders, SinkMode},
-    load_settings,
     store::{DeliveryRow, NewDelivery},
 };
+
+fn load(path: &std::path::Path) -> Result<Settings, palisade_config::ConfigError> {
+    palisade_config::load_from("notifier", Some(path), std::iter::empty())
+}
 
 fn write(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
     let path = dir.join("notifier.toml");
@@ -37,7 +41,7 @@ fn a_file_layers_over_the_defaults_and_bad_values_name_their_key() {
         twilio_auth_token = "twilio-token-do-not-print"
         "#,
     );
-    let settings = load_settings(Some(&path)).unwrap();
+    let settings = load(&path).unwrap();
     assert_eq!(
         settings.engine.retry_schedule,
         vec![Duration::from_secs(1), Duration::from_secs(10)]
@@ -53,10 +57,10 @@ fn a_file_layers_over_the_defaults_and_bad_values_name_their_key() {
     assert!(!shown.contains("do-not-print"), "{shown}");
 
     let bad = write(dir.dir(), "[engine]\nretry_jitter = 1.5\n");
-    let err = load_settings(Some(&bad)).unwrap_err().to_string();
+    let err = load(&bad).unwrap_err().to_string();
     assert!(err.contains("retry_jitter"), "{err}");
     let unknown = write(dir.dir(), "[engine]\nretry_jiter = 0.1\n");
-    let err = load_settings(Some(&unknown)).unwrap_err().to_string();
+    let err = load(&unknown).unwrap_err().to_string();
     assert!(err.contains("retry_jiter"), "{err}");
 }
 

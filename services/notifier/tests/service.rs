@@ -66,6 +66,7 @@ fn settings(
         },
         server: palisade_server::ServerSettings::ephemeral(),
         auth: Default::default(),
+        telemetry: Default::default(),
         ack_listen: None,
         channels: channel_settings(smtp, http, LOOPBACK),
         engine: EngineSettings {

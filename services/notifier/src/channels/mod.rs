@@ -19,7 +19,7 @@ use lettre::{
 };
 use palisade_contracts::notify::v1::ChannelKind;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{error::Result, store::DeliveryRow};
 
@@ -74,7 +74,7 @@ impl SendOutcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     /// Plain SMTP: only for a relay on the same host or in tests.
@@ -86,13 +86,14 @@ pub enum SmtpTls {
     Tls,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpSettings {
     pub host: String,
     pub port: u16,
     pub tls: SmtpTls,
     pub username: Option<String>,
+    #[serde(skip_serializing)]
     pub password: Option<SecretString>,
     /// The From address, e.g. `Palisade <security-notifications@example.com>`.
     pub from: String,
@@ -128,7 +129,7 @@ impl std::fmt::Debug for SmtpSettings {
 }
 
 /// Where messages go: the real world, or files for the local run.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkMode {
     #[default]
@@ -138,7 +139,7 @@ pub enum SinkMode {
     File,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelSettings {
     pub sink: SinkMode,

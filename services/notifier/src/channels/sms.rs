@@ -3,7 +3,7 @@
 //! `Body`, HTTP basic auth with the account SID and auth token, `201 Created` on success.
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{SendOutcome, parse_retry_after};
 
@@ -12,12 +12,13 @@ pub trait SmsProvider: Send + Sync {
     async fn send(&self, to_e164: &str, text: &str) -> SendOutcome;
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmsSettings {
     /// `https://api.twilio.com` in production.
     pub twilio_base_url: String,
     pub twilio_account_sid: String,
+    #[serde(skip_serializing)]
     pub twilio_auth_token: Option<SecretString>,
     /// An E.164 sender number, or empty with a messaging service.
     pub from: String,

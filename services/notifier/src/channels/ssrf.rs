@@ -12,12 +12,12 @@ use std::{
     sync::Arc,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{NotifierError, Result};
 
 /// Which non-public destinations an operator allows. Everything is refused by default.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsrfPolicy {
     /// 127.0.0.0/8 and ::1 (tests and single-host setups).
