@@ -5,13 +5,12 @@
 //! instead. An admin credential is minted on first start and kept in
 //! `.palisade/admin-credential` (mode 0600) so the CLI can use it.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use palisade_auth::{AuthStore, Authenticator, bootstrap_admin};
+use palisade_auth::{AuthStore, bootstrap_admin};
 use palisade_storage::DatabaseSettings;
 use secrecy::SecretString;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -34,6 +33,9 @@ pub mod ports {
     pub const NOTIFIER: u16 = 50053;
     pub const COMPLIANCE: u16 = 50054;
     pub const NOTIFIER_LINKS: u16 = 8081;
+    /// Admin HTTP (`/metrics`, `/healthz`, `/readyz`): 9101 token-broker, 9102 alert-ingest,
+    /// 9103 notifier, 9104 compliance.
+    pub const ADMIN_BASE: u16 = 9100;
 }
 
 fn database_settings(data_dir: &std::path::Path) -> DatabaseSettings {
@@ -47,14 +49,6 @@ fn database_settings(data_dir: &std::path::Path) -> DatabaseSettings {
             ..DatabaseSettings::default()
         },
     }
-}
-
-async fn bind(ip: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(SocketAddr::new(ip, port))
-        .await
-        .with_context(|| {
-            format!("cannot listen on {ip}:{port} for {what}: is another `palisade dev` running?")
-        })
 }
 
 /// The admin credential of this data directory, minted on first use.
@@ -115,35 +109,73 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = AuthStore::open(&database)
         .await
         .context("opening the credential registry")?;
-    let admin = admin_credential(&store, &data_dir).await?;
-    let _authenticator: Arc<Authenticator> =
-        Authenticator::start(store, Duration::from_secs(1), shutdown.clone()).await?;
+    admin_credential(&store, &data_dir).await?;
+
+    // The services on the platform scaffold, each with its own ports and schema.
+    let mut tasks = Vec::new();
+    macro_rules! start {
+        ($krate:ident, $grpc:expr, $admin:expr) => {{
+            let settings = $krate::Settings {
+                server: palisade_server::ServerSettings {
+                    grpc_listen: SocketAddr::new(args.bind, $grpc),
+                    admin_listen: SocketAddr::new(args.bind, $admin),
+                    shutdown_deadline: Duration::from_secs(5),
+                    ..Default::default()
+                },
+                database: database.clone(),
+                ..Default::default()
+            };
+            let listeners = palisade_server::Listeners::bind(&settings.server)
+                .await
+                .context("is another `palisade dev` running?")?;
+            tasks.push(tokio::spawn($krate::run(
+                settings,
+                listeners,
+                shutdown.clone(),
+            )));
+        }};
+    }
+    start!(
+        palisade_token_broker,
+        ports::TOKEN_BROKER,
+        ports::ADMIN_BASE + 1
+    );
+    start!(
+        palisade_alert_ingest,
+        ports::ALERT_INGEST,
+        ports::ADMIN_BASE + 2
+    );
+    start!(
+        palisade_compliance,
+        ports::COMPLIANCE,
+        ports::ADMIN_BASE + 4
+    );
 
     // The notifier, with notifications written to files a person can open.
     let sink_dir = data_dir.join("notifications");
     let mut notifier = palisade_notifier::Settings {
+        server: palisade_server::ServerSettings {
+            grpc_listen: SocketAddr::new(args.bind, ports::NOTIFIER),
+            admin_listen: SocketAddr::new(args.bind, ports::ADMIN_BASE + 3),
+            shutdown_deadline: Duration::from_secs(5),
+            ..Default::default()
+        },
         database: database.clone(),
+        ack_listen: Some(SocketAddr::new(args.bind, ports::NOTIFIER_LINKS)),
         ..Default::default()
     };
     notifier.kek.key_file = Some(data_dir.join("local-kek"));
     notifier.channels.sink = palisade_notifier::channels::SinkMode::File;
     notifier.channels.sink_dir = sink_dir.clone();
     notifier.engine.public_url = format!("http://{}:{}", args.bind, ports::NOTIFIER_LINKS);
-    notifier.credentials = vec![palisade_notifier::auth::StaticCredential {
-        name: "palisade dev admin".into(),
-        token_sha256: palisade_notifier::auth::StaticCredentials::digest(&admin),
-        partners: vec!["*".into()],
-        scopes: vec!["admin".into()],
-    }];
-    let notifier_listeners = palisade_notifier::Listeners {
-        grpc: bind(args.bind, ports::NOTIFIER, "the notifier").await?,
-        http: bind(args.bind, ports::NOTIFIER_LINKS, "acknowledgement links").await?,
-    };
-    let notifier_task = tokio::spawn(palisade_notifier::run(
+    let listeners = palisade_server::Listeners::bind(&notifier.server)
+        .await
+        .context("is another `palisade dev` running?")?;
+    tasks.push(tokio::spawn(palisade_notifier::run(
         notifier,
-        notifier_listeners,
+        listeners,
         shutdown.clone(),
-    ));
+    )));
 
     print_banner(&args, &data_dir, &sink_dir);
 
@@ -159,7 +191,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     eprintln!("\nshutting down…");
     shutdown.cancel();
-    notifier_task.await.context("notifier task")??;
+    for task in tasks {
+        task.await.context("service task")??;
+    }
     Ok(())
 }
 
@@ -167,9 +201,12 @@ fn print_banner(args: &DevArgs, data_dir: &std::path::Path, sink_dir: &std::path
     let ip = args.bind;
     println!(
         "\nPalisade is running (data in {data}).\n\n\
-         gRPC\n  notifier      http://{ip}:{notifier}\n  ack links     http://{ip}:{links}\n\n\
-         Not built yet (their issues are open): token-broker (:{tb}), alert-ingest (:{ai}),\n\
-         compliance (:{co}) and ms-sim; `palisade dev` starts them as they land.\n\n\
+         gRPC\n  token-broker  http://{ip}:{tb}   (metrics http://{ip}:9101/metrics)\n\
+         \x20 alert-ingest  http://{ip}:{ai}   (metrics http://{ip}:9102/metrics)\n\
+         \x20 notifier      http://{ip}:{notifier}   (metrics http://{ip}:9103/metrics, ack links http://{ip}:{links})\n\
+         \x20 compliance    http://{ip}:{co}   (metrics http://{ip}:9104/metrics)\n\n\
+         token-broker, alert-ingest and compliance answer health and the credential API; their\n\
+         own APIs, and ms-sim, land with their open issues.\n\n\
          Notifications land in {sinks}/mail/new (.eml) and {sinks}/http (.json).\n\n\
          The admin credential is in {data}/admin-credential. Try:\n\
          \x20 export PALISADE_CREDENTIAL=$(cat {data}/admin-credential) PALISADE_PARTNER=demo-partner\n\

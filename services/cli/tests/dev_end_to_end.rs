@@ -134,8 +134,32 @@ fn the_quickstart_works_against_a_real_dev_process() {
         &["notify", "contacts", "status"],
     );
     assert_eq!(denied.status.code(), Some(3));
-    // A service that is not running: exit code 7 (unavailable), with a hint.
-    let down = cli(&dir, &credential, &["compliance", "status"]);
+    // Every service hosts the credential API over the shared registry.
+    for service in [
+        "--token-broker=http://127.0.0.1:50051",
+        "--token-broker=http://127.0.0.1:50052",
+        "--token-broker=http://127.0.0.1:50053",
+        "--token-broker=http://127.0.0.1:50054",
+    ] {
+        let me = cli(
+            &dir,
+            &credential,
+            &["auth", "whoami", "-o", "json", service],
+        );
+        assert!(
+            me.status.success(),
+            "{service}: {}",
+            String::from_utf8_lossy(&me.stderr)
+        );
+        let me: serde_json::Value = serde_json::from_slice(&me.stdout).unwrap();
+        assert_eq!(me["display_name"], "palisade dev admin");
+    }
+    // A service that is not reachable: exit code 7 (unavailable), with a hint.
+    let down = cli(
+        &dir,
+        &credential,
+        &["compliance", "status", "--compliance", "http://127.0.0.1:1"],
+    );
     assert_eq!(down.status.code(), Some(7));
     assert!(String::from_utf8_lossy(&down.stderr).contains("palisade dev"));
 
