@@ -422,6 +422,11 @@ impl Notifier {
             message_id: envelope.message_id.clone(),
             partner_tenant_id: partner.to_owned(),
             now,
+            occurred_at: envelope
+                .occurred_at
+                .as_ref()
+                .map(palisade_contracts::time::to_millis)
+                .unwrap_or(now),
             item: Some(ItemUpdate {
                 fingerprint: item.fingerprint.clone(),
                 kind: item.kind.clone(),

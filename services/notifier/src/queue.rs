@@ -24,6 +24,9 @@ pub struct EventSettings {
     pub consumer_name: String,
     /// Messages applied per transaction.
     pub batch: usize,
+    /// Consumers per topic in this replica. Order between them is not kept; the store
+    /// applies only what happened later (by the producer's time), so that is safe.
+    pub consumers_per_topic: usize,
     /// The wait before a failed message is handed out again.
     #[serde(with = "humantime_serde")]
     pub retry_delay: Duration,
@@ -40,6 +43,7 @@ impl Default for EventSettings {
             consumer_name: std::env::var("HOSTNAME")
                 .unwrap_or_else(|_| format!("notifier-{}", uuid::Uuid::new_v4().simple())),
             batch: 100,
+            consumers_per_topic: 4,
             retry_delay: Duration::from_secs(5),
         }
     }
@@ -54,13 +58,17 @@ pub async fn consume(
 ) {
     let mut loops = tokio::task::JoinSet::new();
     for topic in settings.topics.clone() {
-        loops.spawn(consume_topic(
-            Arc::clone(&queue),
-            topic,
-            settings.clone(),
-            Arc::clone(&core),
-            shutdown.clone(),
-        ));
+        for i in 0..settings.consumers_per_topic.max(1) {
+            let mut own = settings.clone();
+            own.consumer_name = format!("{}-{i}", settings.consumer_name);
+            loops.spawn(consume_topic(
+                Arc::clone(&queue),
+                topic.clone(),
+                own,
+                Arc::clone(&core),
+                shutdown.clone(),
+            ));
+        }
     }
     while loops.join_next().await.is_some() {}
 }

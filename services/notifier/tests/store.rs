@@ -644,3 +644,90 @@ backend_conformance!(
     digest_runs_once_per_local_day_with_microsofts_numbers,
     digest_runs_once_per_local_day_with_microsofts_numbers
 );
+
+async fn out_of_order_events_never_move_state_backwards(backend: TestBackend) {
+    let s = store(&backend).await;
+    let key = format!("{P}/r");
+    let chain = PartnerSettings {
+        escalation: vec![EscalationStep {
+            after_minutes: 15,
+            recipients: vec![1],
+            channel_ids: vec![],
+        }],
+        ..Default::default()
+    };
+    let event = |id: &str, firing: bool, occurred: i64, escalate: bool| AppliedEvent {
+        message_id: id.into(),
+        partner_tenant_id: P.into(),
+        now: T + 100_000,
+        occurred_at: occurred,
+        item: Some(ItemUpdate {
+            fingerprint: "fp".into(),
+            kind: "alert.raised".into(),
+            open: firing,
+            severity: 4,
+            alert_type: "t".into(),
+            customer_tenant_id: "c".into(),
+            subscription_id: "s".into(),
+            title: "x".into(),
+        }),
+        groups: vec![group_add(&key, "fp", firing)],
+        escalation: escalate.then(|| EscalationStart {
+            escalation_id: format!("e-{id}"),
+            fingerprint: "fp".into(),
+            chain_proto: chain.encode_to_vec(),
+            first_due_at: T,
+            context: "{}".into(),
+        }),
+        stop_escalation_for: (!firing).then(|| "fp".to_owned()),
+        ..Default::default()
+    };
+    // The resolve (at T+10) is applied before the raise it follows (at T+5).
+    s.apply_event(&event("resolve", false, T + 10, false))
+        .await
+        .unwrap();
+    s.apply_event(&event("raise", true, T + 5, true))
+        .await
+        .unwrap();
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    assert!(
+        !g.items[0].firing,
+        "the stale raise does not reopen the alert"
+    );
+    assert_eq!(s.digest_stats(P, T + 1000).await.unwrap().open_alerts, 0);
+    assert!(
+        s.due_escalations(T + 9_999_999, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nor start an escalation"
+    );
+
+    // In order, a raise then its resolve: the resolve wins and closes the chain.
+    s.apply_event(&event("raise-2", true, T + 20, true))
+        .await
+        .unwrap();
+    assert_eq!(s.due_escalations(T + 9_999_999, 10).await.unwrap().len(), 1);
+    s.apply_event(&event("resolve-2", false, T + 30, false))
+        .await
+        .unwrap();
+    assert!(
+        s.due_escalations(T + 9_999_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A stale resolve does not close a chain started by a later raise.
+    s.apply_event(&event("raise-3", true, T + 40, true))
+        .await
+        .unwrap();
+    s.apply_event(&event("stale-resolve", false, T + 35, false))
+        .await
+        .unwrap();
+    assert_eq!(s.due_escalations(T + 9_999_999, 10).await.unwrap().len(), 1);
+    assert!(s.load_group(&key).await.unwrap().unwrap().items[0].firing);
+}
+backend_conformance!(
+    out_of_order_events_never_move_state_backwards,
+    out_of_order_events_never_move_state_backwards
+);

@@ -90,13 +90,21 @@ CREATE TABLE delivery_attempts (
     PRIMARY KEY (delivery_id, attempt));
 "#;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "contacts, channels, routes, grouping, escalation and deliveries",
-    postgres: V1_POSTGRES,
-    // The same statements except BYTEA → BLOB, which SQLite needs for blob affinity.
-    sqlite: V1_SQLITE,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "contacts, channels, routes, grouping, escalation and deliveries",
+        postgres: V1_POSTGRES,
+        // The same statements except BYTEA → BLOB, which SQLite needs for blob affinity.
+        sqlite: V1_SQLITE,
+    },
+    Migration {
+        version: 2,
+        description: "the producer's time of the event that started an escalation",
+        postgres: "ALTER TABLE escalations ADD COLUMN raised_at BIGINT NOT NULL DEFAULT 0",
+        sqlite: "ALTER TABLE escalations ADD COLUMN raised_at BIGINT NOT NULL DEFAULT 0",
+    },
+];
 
 const V1_SQLITE: &str = r#"
 CREATE TABLE security_contacts (

@@ -101,6 +101,8 @@ pub struct AppliedEvent {
     pub message_id: String,
     pub partner_tenant_id: String,
     pub now: i64,
+    /// When the producer says it happened; 0 when unknown (then `now`).
+    pub occurred_at: i64,
     pub item: Option<ItemUpdate>,
     pub groups: Vec<GroupAdd>,
     pub digests: Vec<DigestAdd>,

@@ -154,6 +154,13 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
     if first == 0 {
         return Ok(false);
     }
+    // Events can arrive out of order (a redelivery, a retried message); state only moves to
+    // what happened later, judged by the producer's time.
+    let occurred = if e.occurred_at > 0 {
+        e.occurred_at
+    } else {
+        e.now
+    };
     if let Some(item) = &e.item {
         sqlx::query(
             "INSERT INTO items (partner_tenant_id, fingerprint, kind, open, severity, \
@@ -162,7 +169,8 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
              ON CONFLICT (partner_tenant_id, fingerprint) DO UPDATE SET \
              open = excluded.open, severity = excluded.severity, \
              alert_type = excluded.alert_type, title = excluded.title, \
-             last_seen_at = excluded.last_seen_at",
+             last_seen_at = excluded.last_seen_at \
+             WHERE items.last_seen_at <= excluded.last_seen_at",
         )
         .bind(&e.partner_tenant_id)
         .bind(&item.fingerprint)
@@ -173,7 +181,7 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
         .bind(&item.customer_tenant_id)
         .bind(&item.subscription_id)
         .bind(&item.title)
-        .bind(e.now)
+        .bind(occurred)
         .execute(&mut *tx)
         .await?;
     }
@@ -210,7 +218,8 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
              updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7) \
              ON CONFLICT (group_key, fingerprint) DO UPDATE SET kind = excluded.kind, \
              firing = excluded.firing, severity = excluded.severity, \
-             summary = excluded.summary, updated_at = excluded.updated_at",
+             summary = excluded.summary, updated_at = excluded.updated_at \
+             WHERE group_items.updated_at <= excluded.updated_at",
         )
         .bind(&g.group_key)
         .bind(&g.fingerprint)
@@ -218,7 +227,7 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
         .bind(flag(g.firing))
         .bind(i64::from(g.severity))
         .bind(&g.summary)
-        .bind(e.now)
+        .bind(occurred)
         .execute(&mut *tx)
         .await?;
     }
@@ -240,16 +249,29 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
     if let Some(fingerprint) = &e.stop_escalation_for {
         sqlx::query(
             "UPDATE escalations SET state = $3 WHERE partner_tenant_id = $1 \
-             AND fingerprint = $2 AND state = $4",
+             AND fingerprint = $2 AND state = $4 AND raised_at <= $5",
         )
         .bind(&e.partner_tenant_id)
         .bind(fingerprint)
         .bind(STATE_CLOSED)
         .bind(STATE_ACTIVE)
+        .bind(occurred)
         .execute(&mut *tx)
         .await?;
     }
-    if let Some(esc) = &e.escalation {
+    // A stale raise (something newer about this alert was already applied) starts nothing.
+    let stale = match &e.item {
+        Some(item) => sqlx::query(
+            "SELECT last_seen_at FROM items WHERE partner_tenant_id = $1 AND fingerprint = $2",
+        )
+        .bind(&e.partner_tenant_id)
+        .bind(&item.fingerprint)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some_and(|r| r.get::<i64, _>(0) > occurred),
+        None => false,
+    };
+    if let Some(esc) = e.escalation.as_ref().filter(|_| !stale) {
         // One running chain per alert: a re-raise while one runs does not start another.
         let running = sqlx::query(
             "SELECT escalation_id FROM escalations WHERE partner_tenant_id = $1 \
@@ -269,8 +291,8 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
                 .await?;
             sqlx::query(
                 "INSERT INTO escalations (escalation_id, partner_tenant_id, fingerprint, \
-                 chain_proto, started_at, next_step, next_due_at, state, context) \
-                 VALUES ($1,$2,$3,$4,$5,0,$6,$7,$8) ON CONFLICT (escalation_id) DO NOTHING",
+                 chain_proto, started_at, next_step, next_due_at, state, context, raised_at) \
+                 VALUES ($1,$2,$3,$4,$5,0,$6,$7,$8,$9) ON CONFLICT (escalation_id) DO NOTHING",
             )
             .bind(&esc.escalation_id)
             .bind(&e.partner_tenant_id)
@@ -280,6 +302,7 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
             .bind(esc.first_due_at)
             .bind(STATE_ACTIVE)
             .bind(&esc.context)
+            .bind(occurred)
             .execute(&mut *tx)
             .await?;
         }
