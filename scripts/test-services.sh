@@ -16,13 +16,16 @@ started_pg=""
 started_redis=""
 
 cleanup() {
+  local rc=$?
   if [[ -n "$started_pg" ]]; then
     run_as_pg "$started_pg" -D "$workdir/pg" -m immediate stop >/dev/null 2>&1 || true
   fi
   if [[ -n "$started_redis" ]]; then
     kill "$(cat "$workdir/redis.pid" 2>/dev/null)" 2>/dev/null || true
   fi
-  [[ -n "$workdir" ]] && rm -rf "$workdir"
+  if [[ -n "$workdir" ]]; then rm -rf "$workdir"; fi
+  # The command's status is the script's, whatever the cleanup did.
+  exit "$rc"
 }
 trap cleanup EXIT
 
