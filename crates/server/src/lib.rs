@@ -8,6 +8,7 @@
 
 pub mod cli;
 mod errors;
+mod frame;
 mod layers;
 mod platform;
 mod settings;
@@ -26,6 +27,7 @@ use tower::ServiceBuilder;
 
 pub use cli::{ServiceSettings, service_main};
 pub use errors::{ErrorCode, ServiceError, into_status};
+pub use frame::{BaseSettings, Frame};
 pub use platform::Platform;
 pub use settings::{ServerSettings, TlsSettings};
 pub use shutdown::shutdown_signal;

@@ -4,61 +4,34 @@
 //! (`compliance`) with the outbox, the credential registry, health, reflection, metrics and a
 //! graceful shutdown. Its API is not served yet: issue #7 adds the checks, the evaluations and ComplianceService.
 
-use palisade_auth::{AuthSettings, Scope};
-use palisade_config::{ConfigError, Validate};
-use palisade_server::{
-    Listeners, Platform, ServeOptions, ServerSettings, ServiceSettings, always_ready,
-};
-use palisade_storage::{Database, DatabaseSettings, Migration};
-use palisade_telemetry::TelemetrySettings;
-use serde::{Deserialize, Serialize};
+use palisade_auth::Scope;
+use palisade_server::{BaseSettings, Frame, Listeners};
+use palisade_storage::Migration;
 use tokio_util::sync::CancellationToken;
 
-/// The service's short name: config prefix `PALISADE_COMPLIANCE__`, metrics, logs.
+/// The service's short name: config prefix, metrics, logs.
 pub const SERVICE: &str = "compliance";
 
 /// Every table this service owns, in its own schema.
 pub const MIGRATIONS: &[Migration] = &[palisade_queue::outbox::MIGRATION];
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
-    pub server: ServerSettings,
-    pub database: DatabaseSettings,
-    pub queue: palisade_queue::QueueSettings,
-    pub telemetry: TelemetrySettings,
-    pub auth: AuthSettings,
-}
+const FRAME: Frame = Frame {
+    service: SERVICE,
+    schema: "compliance",
+    migrations: MIGRATIONS,
+    service_scopes: &[
+        Scope::TokensIssue,
+        Scope::TokensRead,
+        Scope::AlertsRead,
+        Scope::NotifyRead,
+    ],
+};
 
-impl Validate for Settings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.server.validate()
-    }
-}
-
-impl ServiceSettings for Settings {
-    fn server(&self) -> &ServerSettings {
-        &self.server
-    }
-    fn database(&self) -> &DatabaseSettings {
-        &self.database
-    }
-    fn telemetry(&self) -> &TelemetrySettings {
-        &self.telemetry
-    }
-    fn auth(&self) -> &AuthSettings {
-        &self.auth
-    }
-}
+pub type Settings = BaseSettings;
 
 /// Applies this service's migrations (for the Kubernetes hook).
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
-    let db = Database::connect(&settings.database, "compliance").await?;
-    let applied = db.migrate(MIGRATIONS).await?;
-    palisade_auth::AuthStore::open(&settings.database).await?;
-    tracing::info!(applied, "migrations applied");
-    db.close().await;
-    Ok(())
+    FRAME.migrate(&settings.database).await
 }
 
 /// Serves until `shutdown` is cancelled, then drains and closes the pool.
@@ -67,34 +40,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = Database::connect(&settings.database, "compliance").await?;
-    db.migrate(MIGRATIONS).await?;
-    let platform = Platform::start(
-        SERVICE,
-        &settings.database,
-        &settings.auth,
-        vec![
-            Scope::TokensIssue,
-            Scope::TokensRead,
-            Scope::AlertsRead,
-            Scope::NotifyRead,
-        ],
-        shutdown.clone(),
-    )
-    .await?;
-    let result = palisade_server::serve(ServeOptions {
-        service_name: SERVICE,
-        // Only the overall status: the service's own API is not mounted yet.
-        health_names: Vec::new(),
-        settings: settings.server,
-        listeners,
-        routes: tonic::service::RoutesBuilder::default().routes(),
-        authenticator: platform.authenticator,
-        metrics: platform.metrics,
-        readiness: always_ready(),
-        shutdown,
-    })
-    .await;
-    db.close().await;
-    result
+    // Only the overall health status: the service's own API is not mounted yet.
+    let routes = tonic::service::RoutesBuilder::default().routes();
+    FRAME
+        .run(settings, listeners, routes, Vec::new(), shutdown)
+        .await
 }
