@@ -275,27 +275,39 @@ struct InProcessConsumer {
 
 #[async_trait::async_trait]
 impl Consumer for InProcessConsumer {
-    async fn next(&mut self, wait: Duration) -> Result<Option<Delivery>> {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.queue.notify.notified();
             let got = self.queue.with_state(|s| {
                 self.queue.sweep(s, &self.topic);
                 let visible_again = Instant::now() + self.queue.visibility_timeout;
-                let g = s.topics.get_mut(&self.topic)?.groups.get_mut(&self.group)?;
-                let (id, envelope) = g.ready.pop_front()?;
-                g.pending.insert(id, (envelope.clone(), visible_again));
-                Some(Delivery {
-                    delivery_id: id.to_string(),
-                    envelope,
-                })
+                let mut batch = Vec::new();
+                let Some(g) = s
+                    .topics
+                    .get_mut(&self.topic)
+                    .and_then(|t| t.groups.get_mut(&self.group))
+                else {
+                    return batch;
+                };
+                while batch.len() < max.max(1) {
+                    let Some((id, envelope)) = g.ready.pop_front() else {
+                        break;
+                    };
+                    g.pending.insert(id, (envelope.clone(), visible_again));
+                    batch.push(Delivery {
+                        delivery_id: id.to_string(),
+                        envelope,
+                    });
+                }
+                batch
             });
-            if got.is_some() {
+            if !got.is_empty() {
                 return Ok(got);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(got);
             }
             // Wake on a publish, or poll again soon for delayed and expired messages.
             let nap = (deadline - now).min(Duration::from_millis(50));

@@ -162,8 +162,20 @@ pub trait Queue: Send + Sync {
 #[async_trait::async_trait]
 pub trait Consumer: Send {
     /// The next message for this group, waiting up to `wait`.
-    async fn next(&mut self, wait: Duration) -> Result<Option<Delivery>>;
+    async fn next(&mut self, wait: Duration) -> Result<Option<Delivery>> {
+        Ok(self.next_batch(1, wait).await?.pop())
+    }
+    /// Up to `max` messages: waits up to `wait` for the first, then takes whatever else is
+    /// already there, in one round trip. Consumers that can apply a batch at once should.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
     async fn ack(&mut self, delivery: &Delivery) -> Result<()>;
+    /// Acknowledges several messages in one round trip.
+    async fn ack_many(&mut self, deliveries: &[Delivery]) -> Result<()> {
+        for delivery in deliveries {
+            self.ack(delivery).await?;
+        }
+        Ok(())
+    }
     /// Gives the message back, to be redelivered after `delay` with attempt + 1.
     async fn nack(&mut self, delivery: &Delivery, delay: Duration) -> Result<()>;
     async fn dead_letter(&mut self, delivery: &Delivery, reason: &str) -> Result<()>;

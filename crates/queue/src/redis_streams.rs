@@ -220,6 +220,7 @@ impl Queue for RedisQueue {
             .set_response_timeout(Some(Duration::from_secs(10)));
         let reader = ConnectionManager::new_with_config(self.client.clone(), config).await?;
         Ok(Box::new(RedisConsumer {
+            buffered: std::collections::VecDeque::new(),
             reader,
             queue: self.clone(),
             keys,
@@ -321,6 +322,9 @@ impl Queue for RedisQueue {
 }
 
 struct RedisConsumer {
+    /// COUNT applies per stream, so one read over the retry and topic streams may return more
+    /// than asked; the surplus is delivered by the next call, never dropped.
+    buffered: std::collections::VecDeque<Delivery>,
     reader: ConnectionManager,
     queue: RedisQueue,
     keys: Keys,
@@ -453,14 +457,15 @@ impl RedisConsumer {
         Ok(())
     }
 
-    async fn read(&mut self, block: Duration) -> Result<Option<Delivery>> {
+    /// Up to `count` entries (retry stream first), dead-lettering any that do not decode.
+    async fn read(&mut self, block: Duration, count: usize) -> Result<Vec<Delivery>> {
         let mut conn = self.reader.clone();
         let result: redis::RedisResult<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(1)
+            .arg(count.max(1))
             .arg("BLOCK")
             .arg(block.as_millis().max(1) as u64)
             .arg("STREAMS")
@@ -481,22 +486,21 @@ impl RedisConsumer {
                 self.queue
                     .ensure_group(&self.keys.retry, &self.group)
                     .await?;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             Err(e) => return Err(e.into()),
         };
+        let mut batch = Vec::new();
         for key in reply.keys {
             let retry = key.key == self.keys.retry;
             for entry in key.ids {
                 let delivery_id = format!("{}:{}", if retry { "r" } else { "t" }, entry.id);
                 let payload: Option<Vec<u8>> = entry.get("e");
                 match payload.as_deref().map(decode_envelope) {
-                    Some(Ok(envelope)) => {
-                        return Ok(Some(Delivery {
-                            delivery_id,
-                            envelope,
-                        }));
-                    }
+                    Some(Ok(envelope)) => batch.push(Delivery {
+                        delivery_id,
+                        envelope,
+                    }),
                     other => {
                         let reason = match other {
                             Some(Err(reason)) => reason,
@@ -523,7 +527,7 @@ impl RedisConsumer {
                 }
             }
         }
-        Ok(None)
+        Ok(batch)
     }
 
     async fn settle(
@@ -554,20 +558,49 @@ impl RedisConsumer {
 
 #[async_trait::async_trait]
 impl Consumer for RedisConsumer {
-    async fn next(&mut self, wait: Duration) -> Result<Option<Delivery>> {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let max = max.max(1);
+        if !self.buffered.is_empty() {
+            let take = max.min(self.buffered.len());
+            return Ok(self.buffered.drain(..take).collect());
+        }
         let deadline = std::time::Instant::now() + wait;
         loop {
             self.maintain().await?;
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
             // Short blocks, so delayed and reclaimed messages are picked up while waiting.
             let block = remaining.min(Duration::from_millis(250));
-            if let Some(delivery) = self.read(block).await? {
-                return Ok(Some(delivery));
+            let mut batch = self.read(block, max).await?;
+            if batch.len() > max {
+                self.buffered.extend(batch.drain(max..));
             }
-            if std::time::Instant::now() >= deadline {
-                return Ok(None);
+            if !batch.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok(batch);
             }
         }
+    }
+
+    async fn ack_many(&mut self, deliveries: &[Delivery]) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.queue.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for delivery in deliveries {
+            let (retry, id) = split_delivery(&delivery.delivery_id)
+                .ok_or_else(|| QueueError::UnknownDelivery(delivery.delivery_id.clone()))?;
+            pipe.cmd("XACK")
+                .arg(self.stream_of(retry))
+                .arg(&self.group)
+                .arg(id)
+                .ignore();
+            if retry {
+                pipe.cmd("XDEL").arg(self.stream_of(retry)).arg(id).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<()> {

@@ -93,6 +93,41 @@ async fn delivers_in_order_and_acks(h: Harness) {
 }
 conformance!(delivers_in_order_and_acks);
 
+async fn batches_take_what_is_waiting_and_ack_together(h: Harness) {
+    let mut c = h.queue.consumer("alerts", "notifier", "c1").await.unwrap();
+    for n in 0..7 {
+        h.queue.publish("alerts", &event(n)).await.unwrap();
+    }
+    let first = c.next_batch(5, WAIT).await.unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|d| alert_id(&d.envelope))
+            .collect::<Vec<_>>(),
+        ["a-0", "a-1", "a-2", "a-3", "a-4"]
+    );
+    let rest = c.next_batch(5, WAIT).await.unwrap();
+    assert_eq!(
+        rest.len(),
+        2,
+        "takes what is there, does not wait for a full batch"
+    );
+    c.ack_many(&first).await.unwrap();
+    c.ack_many(&rest).await.unwrap();
+    assert!(
+        c.next_batch(5, Duration::from_millis(800))
+            .await
+            .unwrap()
+            .is_empty(),
+        "all acknowledged"
+    );
+    assert_eq!(
+        h.queue.stats("alerts", "notifier").await.unwrap().pending,
+        0
+    );
+}
+conformance!(batches_take_what_is_waiting_and_ack_together);
+
 async fn a_killed_consumer_s_messages_are_redelivered(h: Harness) {
     h.queue.publish("alerts", &event(7)).await.unwrap();
     {

@@ -107,26 +107,17 @@ async fn run(
     shutdown: &CancellationToken,
 ) -> palisade_queue::Result<()> {
     while !shutdown.is_cancelled() {
-        let first = tokio::select! {
+        // One round trip takes whatever is waiting, up to a batch; nothing waits for a full one.
+        let batch = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            next = consumer.next(Duration::from_millis(500)) => next?,
+            next = consumer.next_batch(settings.batch.max(1), Duration::from_millis(500)) => next?,
         };
-        let Some(first) = first else { continue };
-        // Whatever else is already waiting joins the batch; nothing waits for a full one.
-        let mut batch = vec![first];
-        while batch.len() < settings.batch.max(1) {
-            match consumer.next(Duration::ZERO).await? {
-                Some(d) => batch.push(d),
-                None => break,
-            }
+        if batch.is_empty() {
+            continue;
         }
         let envelopes: Vec<_> = batch.iter().map(|d| d.envelope.clone()).collect();
         match core.handle_envelopes(&envelopes).await {
-            Ok(_) => {
-                for d in &batch {
-                    consumer.ack(d).await?;
-                }
-            }
+            Ok(_) => consumer.ack_many(&batch).await?,
             Err(_) => {
                 for d in &batch {
                     settle_one(consumer, settings, core, d).await?;
