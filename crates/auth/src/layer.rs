@@ -88,6 +88,15 @@ impl Authenticator {
         &self.store
     }
 
+    /// The cached registry row of a credential, if this replica has it.
+    pub fn cached(&self, credential_id: &str) -> Option<CredentialRecord> {
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(credential_id)
+            .cloned()
+    }
+
     /// Checks a bearer credential. Unknown ids (created a moment ago on another replica) cost
     /// one registry lookup; everything else is answered from memory.
     pub async fn authenticate(

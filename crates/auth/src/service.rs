@@ -171,13 +171,18 @@ impl pb::credential_service_server::CredentialService for CredentialServiceImpl 
         request: tonic::Request<pb::WhoAmIRequest>,
     ) -> Result<tonic::Response<pb::WhoAmIResponse>, tonic::Status> {
         let caller = principal(&request)?;
-        let record = self
-            .authenticator
-            .store()
-            .get(&caller.credential_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| tonic::Status::unauthenticated("invalid or revoked credential"))?;
+        // The layer just authenticated the caller from the cache, so the row is there; the
+        // registry is read only if a refresh raced it out.
+        let record = match self.authenticator.cached(&caller.credential_id) {
+            Some(record) => record,
+            None => self
+                .authenticator
+                .store()
+                .get(&caller.credential_id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| tonic::Status::unauthenticated("invalid or revoked credential"))?,
+        };
         Ok(tonic::Response::new(pb::WhoAmIResponse {
             credential: Some(to_proto(&record)),
         }))

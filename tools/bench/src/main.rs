@@ -124,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
             target: ">= 0.7x echo".into(),
             met: ratio.map(|r| r >= 0.7),
             note: format!(
-                "trace+metrics, load shed, concurrency limit, cached credential check, one registry read per call; {} errors",
+                "trace+metrics, load shed, concurrency limit, cached credential check; {} errors",
                 max.errors + half.errors
             ),
             latency_quantiles_us: report::quantiles(&half.histogram),
@@ -166,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
             target: "-".into(),
             met: None,
             note: format!(
-                "{n} envelopes, one consumer, one message per read (the raw baseline reads 500 per call); publish {publish:.0}/s unpipelined"
+                "{n} envelopes, one consumer, batches of up to 500 (next_batch + ack_many); publish {publish:.0}/s unpipelined"
             ),
             latency_quantiles_us: Vec::new(),
         });

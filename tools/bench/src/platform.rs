@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::loadgen::{self, Sample};
 
 /// `WhoAmI` through the full stack: trace + metrics, load shed, concurrency limit, credential
-/// check from the cache, then the handler (which reads the registry once per call). A cached
+/// check from the cache, then the handler (answered from the same cache). A cached
 /// `GetAccessToken` crosses the same stack.
 pub async fn authenticated_unary(
     database_url: &str,
@@ -63,8 +63,8 @@ pub async fn authenticated_unary(
     Ok(result)
 }
 
-/// Events through `palisade-queue` on Redis Streams: publish `messages`, then consume and ack
-/// them all with one consumer. Returns (publish/s, consume/s).
+/// Events through `palisade-queue` on Redis Streams: publish `messages`, then consume them in
+/// batches and acknowledge each batch at once. Returns (publish/s, consume/s).
 pub async fn queue_round_trip(redis_url: &str, messages: usize) -> anyhow::Result<(f64, f64)> {
     let settings = QueueSettings {
         backend: Backend::Redis,
