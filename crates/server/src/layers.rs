@@ -69,8 +69,7 @@ where
             rpc.method = %method,
             service = self.service,
         );
-        let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
-        palisade_telemetry::set_parent_from_grpc(&span, &metadata);
+        palisade_telemetry::set_parent_from_headers(&span, request.headers());
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let future = self.inner.call(request);

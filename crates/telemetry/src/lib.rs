@@ -21,8 +21,8 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitEx
 
 pub use metrics::{GrpcMetrics, Metrics};
 pub use propagation::{
-    extract_grpc, extract_map, inject_grpc, inject_map, set_parent_from_grpc, set_parent_from_map,
-    trace_context_map,
+    extract_grpc, extract_map, inject_grpc, inject_map, set_parent_from_grpc,
+    set_parent_from_headers, set_parent_from_map, trace_context_map,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

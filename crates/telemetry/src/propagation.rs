@@ -39,6 +39,29 @@ impl Extractor for MetadataExtractor<'_> {
     }
 }
 
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Makes `span` a child of the caller's context, read straight from the HTTP/2 headers (no
+/// copy of the request's metadata on the hot path).
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    if headers.contains_key("traceparent") {
+        let context = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(headers))
+        });
+        let _ = span.set_parent(context);
+    }
+}
+
 /// Writes the current span's context into outgoing gRPC metadata.
 pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();

@@ -30,6 +30,15 @@ fn context_crosses_grpc_metadata_and_queue_envelopes() {
             "traceparent in metadata"
         );
 
+        // The server's trace layer reads the same context straight from the HTTP/2 headers.
+        let via_headers = tracing::info_span!("rpc.headers");
+        palisade_telemetry::set_parent_from_headers(&via_headers, &metadata.clone().into_headers());
+        assert_eq!(
+            via_headers.context().span().span_context().trace_id(),
+            producer_trace
+        );
+        drop(via_headers);
+
         // ...which handles it and publishes an envelope...
         let handler = tracing::info_span!("grpc.handler");
         palisade_telemetry::set_parent_from_grpc(&handler, &metadata);
