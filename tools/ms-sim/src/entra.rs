@@ -23,7 +23,7 @@ use axum::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rand::RngCore;
 
-use crate::{RequestRecord, Sim};
+use crate::Sim;
 
 /// The resource identifiers tokens are minted for (the hosts actually called are local).
 pub const PARTNER_CENTER: &str = "https://api.partnercenter.microsoft.com";
@@ -56,6 +56,9 @@ pub(crate) struct AuthCode {
 
 #[derive(Debug, Default)]
 pub(crate) struct EntraState {
+    /// Subject (a user's UPN or an app's client id, lower case) → a failure to answer with,
+    /// for the next N token requests (None: until cleared).
+    pub forced: HashMap<String, (u32, Option<usize>)>,
     pub refresh_tokens: HashMap<String, RefreshToken>,
     codes: HashMap<String, AuthCode>,
     /// Users for whom Conditional Access now demands MFA on every token.
@@ -143,12 +146,7 @@ async fn authorize(
     Path(tenant): Path<String>,
     Query(q): Query<AuthorizeQuery>,
 ) -> Response {
-    sim.log(RequestRecord::new(
-        "login",
-        "GET",
-        &format!("/{tenant}/oauth2/authorize"),
-        &tenant,
-    ));
+    let _ = tenant;
     let scenario = sim.scenario();
     let Some(partner) = scenario.partner_by_client(&q.client_id) else {
         return aadsts(
@@ -158,12 +156,11 @@ async fn authorize(
             "Application with identifier was not found in the directory.",
         );
     };
+    // The users as they are now (a test may have removed someone's MFA registration).
+    let users = sim.tenant_users(&partner.tenant_id).unwrap_or_default();
     let user = match &q.login_hint {
-        Some(hint) => partner
-            .users
-            .iter()
-            .find(|u| u.upn.eq_ignore_ascii_case(hint)),
-        None => Some(partner.admin()),
+        Some(hint) => users.iter().find(|u| u.upn.eq_ignore_ascii_case(hint)),
+        None => users.first(),
     };
     let Some(user) = user else {
         return aadsts(
@@ -269,17 +266,7 @@ fn resource_of(form: &HashMap<String, String>, v2: bool) -> Result<(String, Stri
 
 async fn token(sim: Sim, tenant: String, form: HashMap<String, String>, v2: bool) -> Response {
     let grant = form.get("grant_type").cloned().unwrap_or_default();
-    let path = if v2 {
-        format!("/{tenant}/oauth2/v2.0/token")
-    } else {
-        format!("/{tenant}/oauth2/token")
-    };
-    let mut record = RequestRecord::new("login", "POST", &path, &tenant);
-    record.grant_type = Some(grant.clone());
-    let response = token_inner(&sim, &tenant, &form, v2, &grant).await;
-    record.status = response.status().as_u16();
-    sim.log(record);
-    response
+    token_inner(&sim, &tenant, &form, v2, &grant).await
 }
 
 async fn token_inner(
@@ -291,6 +278,10 @@ async fn token_inner(
 ) -> Response {
     let scenario = sim.scenario();
     let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let now = sim.now_millis();
+    if client_id == scenario.operator.client_id {
+        return operator_token(sim, tenant, form, v2, grant, now);
+    }
     let Some(partner) = scenario.partner_by_client(&client_id) else {
         return aadsts(
             StatusCode::BAD_REQUEST,
@@ -299,27 +290,25 @@ async fn token_inner(
             "Application with identifier was not found in the directory.",
         );
     };
-    if form.get("client_secret").map(String::as_str) != Some(partner.app.client_secret.as_str()) {
-        return aadsts(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        );
+    if let Err(response) = authenticate_client(sim, partner, tenant, form, v2, now) {
+        return response;
+    }
+    if let Some(response) = forced_failure(sim, &client_id) {
+        return response;
     }
     let (resource, permission) = match resource_of(form, v2) {
         Ok(r) => r,
         Err(response) => return response,
     };
-    let now = sim.now_millis();
     // Which tenant the token is for: the partner, or one of its customers.
-    let target_tenant = if tenant == partner.tenant_id
+    let target_tenant = if tenant.eq_ignore_ascii_case(&partner.tenant_id)
+        || tenant.eq_ignore_ascii_case(&partner.domain)
         || tenant == "common"
         || tenant == "organizations"
     {
         partner.tenant_id.clone()
-    } else if let Some(customer) = scenario.customer(partner, tenant) {
-        if !customer.gdap {
+    } else if let Some(customer) = sim.customer_of(partner, tenant) {
+        if !customer.gdap_usable() {
             return aadsts(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
@@ -425,6 +414,7 @@ async fn token_inner(
             }
         }
         "client_credentials" => {
+            // App-only tokens carry application roles and no user.
             let claims = serde_json::json!({
                 "aud": resource, "iss": format!("https://sts.windows.net/{target_tenant}/"),
                 "tid": target_tenant, "appid": client_id, "roles": ["PartnerSecurity.Read.All"],
@@ -441,6 +431,10 @@ async fn token_inner(
             );
         }
     };
+    if let Some(response) = forced_failure(sim, &upn) {
+        return response;
+    }
+    let scp = scope_claim(sim, &resource, &permission, &client_id);
     let user = scenario
         .partner_by_tenant(&partner_tenant)
         .and_then(|p| p.users.iter().find(|u| u.upn == upn))
@@ -452,7 +446,7 @@ async fn token_inner(
         "iss": format!("https://sts.windows.net/{target_tenant}/"),
         "tid": target_tenant,
         "amr": amr,
-        "scp": permission,
+        "scp": scp,
         "appid": client_id,
         "upn": upn,
         "oid": object_id,
@@ -520,4 +514,263 @@ fn success(
         body["refresh_token"] = serde_json::Value::String(rt);
     }
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+/// The `scp` claim: Graph's `.default` (and v1's resource) stand for every delegated
+/// permission the app is consented for; other resources carry the requested permission.
+fn scope_claim(sim: &Sim, resource: &str, permission: &str, client_id: &str) -> String {
+    if resource == GRAPH && matches!(permission, ".default" | "user_impersonation") {
+        sim.graph_permissions(client_id).join(" ")
+    } else if permission == ".default" {
+        "user_impersonation".to_owned()
+    } else {
+        permission.to_owned()
+    }
+}
+
+/// The documented answer for each AADSTS code a test can force.
+pub(crate) fn forced_response(code: u32) -> Response {
+    let (status, error, description) = match code {
+        70043 => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The refresh token has expired or is invalid due to sign-in frequency checks by conditional access.",
+        ),
+        53003 => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance.",
+        ),
+        50076 => (
+            StatusCode::BAD_REQUEST,
+            "interaction_required",
+            "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access the resource.",
+        ),
+        50079 => (
+            StatusCode::BAD_REQUEST,
+            "interaction_required",
+            "Due to a configuration change made by your administrator, or because you moved to a new location, you must enroll in multi-factor authentication to access the resource.",
+        ),
+        50173 => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The provided grant has expired due to it being revoked, a fresh auth token is needed.",
+        ),
+        700082 => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The refresh token has expired due to inactivity. The token was issued on an earlier date and was inactive for 90.00:00:00.",
+        ),
+        65001 => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The user or administrator has not consented to use the application.",
+        ),
+        530034 => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "Delegated admin access is blocked due to suspicious activity in the partner tenant.",
+        ),
+        500011 => (
+            StatusCode::BAD_REQUEST,
+            "invalid_resource",
+            "The resource principal was not found in the tenant.",
+        ),
+        7000215 => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Invalid client secret provided.",
+        ),
+        7000222 => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The provided client secret keys for the app are expired.",
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "The request failed.",
+        ),
+    };
+    aadsts(status, error, code, description)
+}
+
+fn forced_failure(sim: &Sim, subject: &str) -> Option<Response> {
+    let code = sim.with_entra(|e| {
+        let key = subject.to_ascii_lowercase();
+        let (code, remaining) = e.forced.get_mut(&key)?;
+        let code = *code;
+        if let Some(n) = remaining {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                e.forced.remove(&key);
+            }
+        }
+        Some(code)
+    })?;
+    Some(forced_response(code))
+}
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A client secret, or a certificate-signed `client_assertion` (RS256, `x5t` naming the
+/// registered certificate, `aud` the token endpoint of this tenant, `iss` = `sub` = client id).
+/// Assertion times are checked against the wall clock: they come from the client's clock, not
+/// from the simulated one.
+fn authenticate_client(
+    sim: &Sim,
+    partner: &crate::scenario::Partner,
+    tenant: &str,
+    form: &HashMap<String, String>,
+    v2: bool,
+    _now: i64,
+) -> Result<(), Response> {
+    let invalid = |code: u32, description: &str| {
+        aadsts(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            code,
+            description,
+        )
+    };
+    if let Some(secret) = form.get("client_secret") {
+        return if *secret == partner.app.client_secret {
+            Ok(())
+        } else {
+            Err(invalid(7000215, "Invalid client secret provided."))
+        };
+    }
+    let Some(assertion) = form.get("client_assertion") else {
+        return Err(invalid(
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        ));
+    };
+    if form.get("client_assertion_type").map(String::as_str) != Some(ASSERTION_TYPE) {
+        return Err(invalid(
+            700027,
+            "The client_assertion_type is not supported.",
+        ));
+    }
+    let certificate = partner.app.certificate();
+    let mut parts = assertion.split('.');
+    let header: serde_json::Value = parts
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .unwrap_or_default();
+    if header["alg"] != "RS256" || header["x5t"].as_str() != Some(certificate.x5t.as_str()) {
+        return Err(invalid(
+            700027,
+            "Client assertion contains an invalid signature. The key was not found.",
+        ));
+    }
+    let Some((signing_input, signature)) = assertion.rsplit_once('.') else {
+        return Err(invalid(700027, "Client assertion is not a JWT."));
+    };
+    let verified = URL_SAFE_NO_PAD
+        .decode(signature)
+        .ok()
+        .and_then(|s| rsa::pkcs1v15::Signature::try_from(s.as_slice()).ok())
+        .is_some_and(|signature| {
+            use rsa::signature::Verifier;
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(certificate.public_key.clone())
+                .verify(signing_input.as_bytes(), &signature)
+                .is_ok()
+        });
+    if !verified {
+        return Err(invalid(
+            700027,
+            "Client assertion failed signature validation.",
+        ));
+    }
+    let claims = crate::jwt::decode_unverified(assertion).unwrap_or_default();
+    let client_id = partner.app.client_id.as_str();
+    if claims["iss"] != client_id
+        || claims["sub"] != client_id
+        || claims["jti"].as_str().is_none_or(str::is_empty)
+    {
+        return Err(invalid(
+            700027,
+            "Client assertion must carry iss and sub equal to the client id, and a jti.",
+        ));
+    }
+    let endpoint = if v2 {
+        "oauth2/v2.0/token"
+    } else {
+        "oauth2/token"
+    };
+    let audience_ok = claims["aud"]
+        .as_str()
+        .and_then(|a| url::Url::parse(a).ok())
+        .is_some_and(|aud| {
+            let path = aud.path().trim_start_matches('/').to_owned();
+            path.eq_ignore_ascii_case(&format!("{tenant}/{endpoint}"))
+        });
+    if !audience_ok {
+        return Err(invalid(
+            700021,
+            "Client assertion audience claim does not match the token endpoint.",
+        ));
+    }
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if claims["exp"].as_i64().is_none_or(|exp| exp < wall)
+        || claims["nbf"].as_i64().is_some_and(|nbf| nbf > wall + 300)
+    {
+        return Err(invalid(
+            700024,
+            "Client assertion is not within its valid time range.",
+        ));
+    }
+    let _ = sim;
+    Ok(())
+}
+
+/// The operator's own app: client credentials for Key Vault in the operator tenant.
+fn operator_token(
+    sim: &Sim,
+    tenant: &str,
+    form: &HashMap<String, String>,
+    v2: bool,
+    grant: &str,
+    now: i64,
+) -> Response {
+    let operator = &sim.scenario().operator;
+    if form.get("client_secret") != Some(&operator.client_secret) {
+        return aadsts(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        );
+    }
+    if grant != "client_credentials" {
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700025,
+            "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.",
+        );
+    }
+    if !tenant.eq_ignore_ascii_case(&operator.tenant_id) {
+        return aadsts(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            700016,
+            "Application with identifier was not found in the directory.",
+        );
+    }
+    let (resource, permission) = match resource_of(form, v2) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let claims = serde_json::json!({
+        "aud": resource, "iss": format!("https://sts.windows.net/{}/", operator.tenant_id),
+        "tid": operator.tenant_id, "appid": operator.client_id, "oid": operator.client_id, "roles": [],
+        "iat": now / 1000, "nbf": now / 1000, "exp": now / 1000 + ACCESS_TOKEN_SECONDS, "ver": if v2 { "2.0" } else { "1.0" },
+    });
+    success(sim, &claims, None, v2, &resource, &permission, now)
 }

@@ -5,44 +5,114 @@
 //! made.
 //!
 //! Each Microsoft host is its own listener (a client that mixes up base URLs fails as it would
-//! in production). Today it serves Entra ID (`login_url`); Partner Center, Graph, Key Vault and
-//! the webhooks are issue #3's remaining work. A control API (and its in-process twin,
-//! [`Control`]) moves the clock, revokes tokens, changes policies and reads back every request.
+//! in production): Entra ID, Partner Center, Microsoft Graph, Key Vault, and the blob host that
+//! serves the webhook signing certificate. A control API (and its in-process twin, [`Control`])
+//! moves the clock, changes the world, injects faults and reads back every request.
 
+mod alerts;
 mod control;
 mod entra;
+mod faults;
+mod graph;
+mod http;
 mod jwt;
+mod key_vault;
+mod partner_center;
+mod pki;
 pub mod scenario;
+mod webhooks;
+mod world;
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
 };
 
 use palisade_clock::{Clock, OffsetClock};
 use tokio_util::sync::CancellationToken;
 
+pub use alerts::{ALERT_TYPES, AlertSpec};
 pub use control::{Control, RequestFilter};
+pub use entra::{ARM, GRAPH, KEY_VAULT, PARTNER_CENTER};
+pub use faults::{Fault, FaultKind};
+pub use pki::WEBHOOK_SIGNER_CN;
+pub use scenario::{Scenario, ScenarioConfig};
+pub use webhooks::{DeliveryAttempt, WebhookDelivery};
 
 /// A filter for refresh-token redemptions at the token endpoints.
 pub fn control_filter_refresh() -> RequestFilter {
     RequestFilter {
-        host: Some("login".into()),
+        host: Some(Host::Login.name().into()),
         grant_type: Some("refresh_token".into()),
         ..RequestFilter::default()
     }
 }
-pub use entra::{ARM, GRAPH, KEY_VAULT, PARTNER_CENTER};
-pub use scenario::{Scenario, ScenarioConfig};
+
+/// The Microsoft hosts the simulator stands in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    /// `login.microsoftonline.com`
+    Login,
+    /// `api.partnercenter.microsoft.com`
+    PartnerCenter,
+    /// `graph.microsoft.com`
+    Graph,
+    /// `{vault}.vault.azure.net`
+    KeyVault,
+    /// The storage account that serves the webhook signing certificate.
+    Certificates,
+}
+
+impl Host {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::PartnerCenter => "partner_center",
+            Self::Graph => "graph",
+            Self::KeyVault => "key_vault",
+            Self::Certificates => "certificates",
+        }
+    }
+}
+
+/// Fixed ports for the standalone binary; 0 picks free ones (tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ports {
+    pub login: u16,
+    pub partner_center: u16,
+    pub graph: u16,
+    pub key_vault: u16,
+    pub certificates: u16,
+    pub control: u16,
+}
+
+impl Ports {
+    /// Six consecutive ports from `base`: control, login, Partner Center, Graph, Key Vault,
+    /// certificates.
+    pub fn from_base(base: u16) -> Self {
+        Self {
+            control: base,
+            login: base + 1,
+            partner_center: base + 2,
+            graph: base + 3,
+            key_vault: base + 4,
+            certificates: base + 5,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub seed: u64,
     pub bind_ip: IpAddr,
     pub scenario: ScenarioConfig,
-    /// Fixed ports (login, control) for the standalone binary; 0 picks free ones.
-    pub login_port: u16,
-    pub control_port: u16,
+    pub ports: Ports,
+    /// Delay before a webhook's second attempt; it doubles per attempt, up to 10 attempts.
+    pub webhook_retry_base: Duration,
+    /// Partner Center's documented per-tenant limits (customers and subscriptions 500/min,
+    /// consents 50/s per app). Webhook validation events are always limited to 2/min.
+    pub realistic_throttles: bool,
 }
 
 impl Default for SimConfig {
@@ -51,8 +121,9 @@ impl Default for SimConfig {
             seed: 42,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             scenario: ScenarioConfig::default(),
-            login_port: 0,
-            control_port: 0,
+            ports: Ports::default(),
+            webhook_retry_base: Duration::from_millis(200),
+            realistic_throttles: true,
         }
     }
 }
@@ -61,42 +132,57 @@ impl Default for SimConfig {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RequestRecord {
     pub at_ms: i64,
-    /// Which Microsoft host: "login", "partner_center", "graph", "key_vault".
+    /// Which Microsoft host: see [`Host::name`].
     pub host: String,
     pub method: String,
     pub path: String,
+    pub query: String,
+    /// The tenant in the URL (Entra) or in the bearer token (`tid`).
     pub tenant: String,
     pub grant_type: Option<String>,
+    /// From the bearer token: the calling app, the user, and whether it carried MFA.
+    pub app_id: Option<String>,
+    pub upn: Option<String>,
+    pub mfa: Option<bool>,
+    pub ms_request_id: Option<String>,
     pub status: u16,
 }
 
-impl RequestRecord {
-    fn new(host: &str, method: &str, path: &str, tenant: &str) -> Self {
-        Self {
-            at_ms: 0,
-            host: host.into(),
-            method: method.into(),
-            path: path.into(),
-            tenant: tenant.into(),
-            grant_type: None,
-            status: 0,
-        }
-    }
-}
-
 const LOG_LIMIT: usize = 200_000;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Urls {
+    pub login: url::Url,
+    pub partner_center: url::Url,
+    pub graph: url::Url,
+    pub key_vault: url::Url,
+    pub certificates: url::Url,
+}
 
 struct Inner {
     scenario: Scenario,
     signer: jwt::TokenSigner,
     clock: Arc<OffsetClock>,
+    /// The simulator's start, which seeded history is dated from.
+    epoch_ms: i64,
+    webhook_retry_base: Duration,
     entra: Mutex<entra::EntraState>,
+    world: Mutex<world::World>,
+    faults: Mutex<faults::Faults>,
+    key_vault: Mutex<key_vault::Vault>,
+    webhook_pki: OnceLock<pki::WebhookPki>,
+    webhooks: webhooks::Outbox,
+    urls: OnceLock<Urls>,
     log: Mutex<Vec<RequestRecord>>,
 }
 
 /// Shared simulator state; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Sim(Arc<Inner>);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl Sim {
     fn scenario(&self) -> &Scenario {
@@ -108,12 +194,27 @@ impl Sim {
     fn now_millis(&self) -> i64 {
         self.0.clock.now_millis()
     }
+    fn urls(&self) -> &Urls {
+        self.0.urls.get().expect("set before serving")
+    }
     fn with_entra<R>(&self, f: impl FnOnce(&mut entra::EntraState) -> R) -> R {
-        f(&mut self.0.entra.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut lock(&self.0.entra))
+    }
+    fn with_world<R>(&self, f: impl FnOnce(&mut world::World) -> R) -> R {
+        f(&mut lock(&self.0.world))
+    }
+    fn with_vault<R>(&self, f: impl FnOnce(&mut key_vault::Vault) -> R) -> R {
+        f(&mut lock(&self.0.key_vault))
+    }
+    fn webhook_pki(&self) -> &pki::WebhookPki {
+        self.0.webhook_pki.get_or_init(|| {
+            pki::WebhookPki::generate(self.0.scenario.seed)
+                .expect("generating certificates from a seed cannot fail")
+        })
     }
     fn log(&self, mut record: RequestRecord) {
         record.at_ms = self.now_millis();
-        let mut log = self.0.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = lock(&self.0.log);
         if log.len() >= LOG_LIMIT {
             log.drain(..LOG_LIMIT / 10);
         }
@@ -124,7 +225,6 @@ impl Sim {
 /// A running simulator.
 pub struct MsSim {
     sim: Sim,
-    login: SocketAddr,
     control: SocketAddr,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -133,7 +233,7 @@ pub struct MsSim {
 impl std::fmt::Debug for MsSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MsSim")
-            .field("login", &self.login)
+            .field("urls", self.sim.urls())
             .field("control", &self.control)
             .finish()
     }
@@ -146,10 +246,30 @@ fn url_of(addr: SocketAddr) -> url::Url {
 impl MsSim {
     /// Entra ID: `{login}/{tenant}/oauth2/token`, `/oauth2/v2.0/token`, `/oauth2/authorize`.
     pub fn login_url(&self) -> url::Url {
-        url_of(self.login)
+        self.sim.urls().login.clone()
+    }
+    /// Partner Center: `{partner_center}/v1/...` and `/webhooks/v1/...`.
+    pub fn partner_center_url(&self) -> url::Url {
+        self.sim.urls().partner_center.clone()
+    }
+    /// Microsoft Graph: `{graph}/v1.0/...` and `/beta/...`.
+    pub fn graph_url(&self) -> url::Url {
+        self.sim.urls().graph.clone()
+    }
+    /// One Key Vault: `{key_vault}/keys/...` and `/secrets/...`.
+    pub fn key_vault_url(&self) -> url::Url {
+        self.sim.urls().key_vault.clone()
+    }
+    /// Where `X-MS-Certificate-Url` points.
+    pub fn certificate_url(&self) -> url::Url {
+        webhooks::certificate_url(&self.sim)
     }
     pub fn control_url(&self) -> url::Url {
         url_of(self.control)
+    }
+    /// The trust anchor that Partner Center webhook signatures chain to (PEM).
+    pub fn webhook_root_ca_pem(&self) -> String {
+        self.sim.webhook_pki().root_pem.clone()
     }
     pub fn scenario(&self) -> &Scenario {
         self.sim.scenario()
@@ -167,36 +287,81 @@ impl MsSim {
     }
 }
 
-/// Starts the simulator on loopback.
+/// Starts the simulator on loopback (or `bind_ip`).
 pub async fn start(config: SimConfig) -> anyhow::Result<MsSim> {
-    let sim = Sim(Arc::new(Inner {
-        scenario: Scenario::generate(config.seed, &config.scenario),
-        signer: jwt::TokenSigner::from_seed(config.seed)?,
-        clock: OffsetClock::new(),
-        entra: Mutex::new(entra::EntraState::default()),
-        log: Mutex::new(Vec::new()),
-    }));
+    let scenario = Scenario::generate(config.seed, &config.scenario);
+    let clock = OffsetClock::new();
     let shutdown = CancellationToken::new();
-    let login_listener =
-        tokio::net::TcpListener::bind(SocketAddr::new(config.bind_ip, config.login_port)).await?;
-    let control_listener =
-        tokio::net::TcpListener::bind(SocketAddr::new(config.bind_ip, config.control_port)).await?;
-    let (login, control) = (login_listener.local_addr()?, control_listener.local_addr()?);
+    let (outbox, deliveries) = webhooks::Outbox::new();
+    let sim = Sim(Arc::new(Inner {
+        signer: jwt::TokenSigner::from_seed(config.seed)?,
+        epoch_ms: clock.now_millis(),
+        webhook_retry_base: config.webhook_retry_base,
+        entra: Mutex::new(entra::EntraState::default()),
+        world: Mutex::new(world::World::new(config.realistic_throttles)),
+        faults: Mutex::new(faults::Faults::default()),
+        key_vault: Mutex::new(key_vault::Vault::default()),
+        webhook_pki: OnceLock::new(),
+        webhooks: outbox,
+        urls: OnceLock::new(),
+        log: Mutex::new(Vec::new()),
+        scenario,
+        clock,
+    }));
+    let bind = |port: u16| tokio::net::TcpListener::bind(SocketAddr::new(config.bind_ip, port));
+    let ports = config.ports;
+    let listeners = [
+        (Host::Login, bind(ports.login).await?),
+        (Host::PartnerCenter, bind(ports.partner_center).await?),
+        (Host::Graph, bind(ports.graph).await?),
+        (Host::KeyVault, bind(ports.key_vault).await?),
+        (Host::Certificates, bind(ports.certificates).await?),
+    ];
+    let control_listener = bind(ports.control).await?;
+    let address = |host: Host| {
+        listeners
+            .iter()
+            .find(|(h, _)| *h == host)
+            .and_then(|(_, l)| l.local_addr().ok())
+            .map(url_of)
+            .expect("every host is bound")
+    };
+    let _ = sim.0.urls.set(Urls {
+        login: address(Host::Login),
+        partner_center: address(Host::PartnerCenter),
+        graph: address(Host::Graph),
+        key_vault: address(Host::KeyVault),
+        certificates: address(Host::Certificates),
+    });
+    let control = control_listener.local_addr()?;
+
     let mut tasks = Vec::new();
-    for (listener, router) in [
-        (login_listener, entra::router(sim.clone())),
-        (control_listener, control::router(sim.clone())),
-    ] {
+    let mut serve = |listener: tokio::net::TcpListener, router: axum::Router| {
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
         }));
+    };
+    for (host, listener) in listeners {
+        let router = match host {
+            Host::Login => entra::router(sim.clone()),
+            Host::PartnerCenter => partner_center::router(sim.clone()),
+            Host::Graph => graph::router(sim.clone()),
+            Host::KeyVault => key_vault::router(sim.clone()),
+            Host::Certificates => webhooks::certificate_router(sim.clone()),
+        };
+        serve(listener, http::observed(sim.clone(), host, router));
     }
+    serve(control_listener, control::router(sim.clone()));
+    tasks.push(tokio::spawn(webhooks::deliver(
+        sim.clone(),
+        deliveries,
+        shutdown.clone(),
+    )));
     Ok(MsSim {
         sim,
-        login,
         control,
         shutdown,
         tasks,

@@ -12,14 +12,22 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
-    #[arg(long, default_value_t = 7001)]
-    login_port: u16,
+    /// Control API on this port; Entra ID, Partner Center, Graph, Key Vault and the
+    /// certificate host on the next five.
     #[arg(long, default_value_t = 7000)]
-    control_port: u16,
+    base_port: u16,
     #[arg(long, default_value_t = 2)]
     partners: usize,
     #[arg(long, default_value_t = 10)]
     customers: usize,
+    #[arg(long, default_value_t = 12)]
+    alerts: usize,
+    /// Turns off Partner Center's per-tenant limits (500 customer calls/min, 50 consents/s).
+    #[arg(long)]
+    no_throttles: bool,
+    /// Delay before a webhook's second attempt, in milliseconds; it doubles per attempt.
+    #[arg(long, default_value_t = 1000)]
+    webhook_retry_ms: u64,
 }
 
 #[tokio::main]
@@ -32,22 +40,34 @@ async fn main() -> anyhow::Result<()> {
         scenario: ms_sim::ScenarioConfig {
             partners: args.partners,
             customers_per_partner: args.customers,
+            alerts_per_partner: args.alerts,
         },
-        login_port: args.login_port,
-        control_port: args.control_port,
+        ports: ms_sim::Ports::from_base(args.base_port),
+        webhook_retry_base: std::time::Duration::from_millis(args.webhook_retry_ms),
+        realistic_throttles: !args.no_throttles,
     })
     .await?;
     println!(
-        "login (Entra ID): {}\ncontrol:          {}",
+        "control:        {}\nEntra ID:       {}\nPartner Center: {}\nGraph:          {}\nKey Vault:      {}\ncertificates:   {}",
+        sim.control_url(),
         sim.login_url(),
-        sim.control_url()
+        sim.partner_center_url(),
+        sim.graph_url(),
+        sim.key_vault_url(),
+        sim.certificate_url(),
+    );
+    let operator = &sim.scenario().operator;
+    println!(
+        "operator tenant {} app {} (Key Vault, client credentials)",
+        operator.tenant_id, operator.client_id
     );
     for p in &sim.scenario().partners {
         println!(
-            "partner {} app {} admin {}",
+            "partner {} app {} admin {} ({} customers)",
             p.tenant_id,
             p.app.client_id,
-            p.admin().upn
+            p.admin().upn,
+            p.customer_count
         );
     }
     tokio::signal::ctrl_c().await?;

@@ -348,7 +348,7 @@ async fn customer_tokens_need_gdap_and_consent_and_the_log_counts_redemptions() 
     let rt = body["refresh_token"].as_str().unwrap().to_owned();
     sim.control().clear_requests();
     let mut outcomes = HashMap::new();
-    for customer in &partner.customers {
+    for customer in partner.customers() {
         let (status, body) = token(
             &sim,
             &customer.tenant_id,
@@ -360,7 +360,7 @@ async fn customer_tokens_need_gdap_and_consent_and_the_log_counts_redemptions() 
             ],
         )
         .await;
-        let expected = match (customer.gdap, customer.app_consent) {
+        let expected = match (customer.gdap_usable(), customer.app_consent) {
             (true, true) => {
                 assert_eq!(
                     claims(body["access_token"].as_str().unwrap())["tid"],
@@ -384,7 +384,7 @@ async fn customer_tokens_need_gdap_and_consent_and_the_log_counts_redemptions() 
     let redemptions = sim.control().requests(&ms_sim::control_filter_refresh());
     assert_eq!(
         redemptions.len(),
-        partner.customers.len(),
+        partner.customer_count,
         "exactly one logged redemption per call"
     );
     sim.shutdown().await;
