@@ -116,11 +116,19 @@ pub struct AlertSpec {
     pub is_test: bool,
 }
 
-fn iso_z(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.7fZ")
-        .to_string()
+/// Graph's form: seven fractional digits and `Z`, e.g. `2025-03-04T09:12:44.1230000Z`.
+pub fn iso_z(ms: i64) -> String {
+    seven_digits(ms) + "Z"
+}
+
+/// `2025-03-04T09:12:44.1230000`: .NET's round-trip precision.
+pub fn seven_digits(ms: i64) -> String {
+    let time = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
+    format!(
+        "{}.{:07}",
+        time.format("%Y-%m-%dT%H:%M:%S"),
+        time.timestamp_subsec_nanos() / 100
+    )
 }
 
 /// Partner Center's zoneless form, e.g. `2021-12-08T00:25:45.69`.

@@ -9,8 +9,8 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rand::SeedableRng;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_RSA_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_RSA_SHA256,
 };
 use rsa::{
     RsaPrivateKey,
@@ -96,6 +96,11 @@ impl WebhookPki {
         leaf.distinguished_name
             .push(DnType::OrganizationName, "Microsoft Corporation");
         leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // As a TLS-style certificate for the dispatcher's host name would carry.
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let leaf_cert = leaf.signed_by(&rcgen_key(&signer_private)?, &issuer)?;
         Ok(Self {
             root_pem: root_cert.pem(),

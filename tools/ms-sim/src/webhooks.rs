@@ -118,10 +118,7 @@ pub(crate) fn enqueue(
     resource_uri: Option<&str>,
     resource_name: Option<&str>,
 ) -> u64 {
-    let changed = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(sim.now_millis())
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.7f+00:00")
-        .to_string();
+    let changed = crate::alerts::seven_digits(sim.now_millis()) + "+00:00";
     let body = serde_json::json!({
         "EventName": event_name,
         "ResourceUri": resource_uri,

@@ -167,8 +167,9 @@ impl Sim {
         let mut users = if let Some(partner) = scenario.partner_by_tenant(tenant_id) {
             partner.users.clone()
         } else {
+            // Registrations are facts about users: turning a policy off later does not undo them.
             let (_, customer) = scenario.customer_by_tenant(tenant_id)?;
-            scenario.customer_users(&self.customer_now(customer))
+            scenario.customer_users(&customer)
         };
         self.with_world(|w| {
             if let Some(o) = w.tenants.get(&tenant_id.to_ascii_lowercase()) {
