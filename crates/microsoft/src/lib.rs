@@ -3,3 +3,6 @@
 //! Not written yet: issues #4, #5 and #7 bring the clients they need (token endpoint, Partner
 //! Center, Graph, webhook verification), tested against ms-sim. The crate stays in the layout
 //! so the services' dependency graph is visible from the start.
+
+pub mod entra;
+pub mod key_vault;
