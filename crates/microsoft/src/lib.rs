@@ -6,3 +6,8 @@
 
 pub mod entra;
 pub mod key_vault;
+
+pub mod graph_alerts;
+pub mod http;
+pub mod partner_center;
+pub mod webhook;
