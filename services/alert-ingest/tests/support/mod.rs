@@ -290,17 +290,33 @@ impl World {
     /// Registers `url` for the partner's webhooks at (simulated) Partner Center.
     pub async fn register_webhook(&self, partner: &str, url: &str) {
         let token = self.pc_token(partner).await;
-        let response = reqwest::Client::new()
-            .post(self.sim.partner_center_url().join("webhooks/v1/registration").unwrap())
-            .bearer_auth(token)
-            .json(&serde_json::json!({
-                "WebhookUrl": url,
-                "WebhookEvents": ["azure-fraud-event-detected", "granular-admin-relationship-expired",
-                                  "granular-admin-relationship-terminated", "dap-admin-relationship-terminated-by-microsoft"],
-            }))
+        let body = serde_json::json!({
+            "WebhookUrl": url,
+            "WebhookEvents": ["azure-fraud-event-detected", "granular-admin-relationship-expired",
+                              "granular-admin-relationship-terminated", "dap-admin-relationship-terminated-by-microsoft"],
+        });
+        let endpoint = self
+            .sim
+            .partner_center_url()
+            .join("webhooks/v1/registration")
+            .unwrap();
+        let http = reqwest::Client::new();
+        let mut response = http
+            .post(endpoint.clone())
+            .bearer_auth(&token)
+            .json(&body)
             .send()
             .await
             .unwrap();
+        if response.status() == reqwest::StatusCode::CONFLICT {
+            response = http
+                .put(endpoint)
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+        }
         assert!(
             response.status().is_success(),
             "registration: {}",
