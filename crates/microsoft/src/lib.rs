@@ -11,3 +11,5 @@ pub mod graph_alerts;
 pub mod http;
 pub mod partner_center;
 pub mod webhook;
+pub mod graph_compliance;
+pub mod partner_center_reports;
