@@ -113,6 +113,10 @@ pub struct SimConfig {
     /// Partner Center's documented per-tenant limits (customers and subscriptions 500/min,
     /// consents 50/s per app). Webhook validation events are always limited to 2/min.
     pub realistic_throttles: bool,
+    /// The host name the simulator puts in the URLs it hands out (`@odata.nextLink`, the
+    /// certificate URL, key ids), when clients reach it by a name rather than its bind address
+    /// (compose, Kubernetes).
+    pub public_host: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -124,6 +128,7 @@ impl Default for SimConfig {
             ports: Ports::default(),
             webhook_retry_base: Duration::from_millis(200),
             realistic_throttles: true,
+            public_host: None,
         }
     }
 }
@@ -243,6 +248,14 @@ fn url_of(addr: SocketAddr) -> url::Url {
     url::Url::parse(&format!("http://{addr}")).expect("a socket address is a valid URL host")
 }
 
+fn public_url(addr: SocketAddr, public_host: Option<&str>) -> url::Url {
+    match public_host {
+        Some(host) => url::Url::parse(&format!("http://{host}:{}", addr.port()))
+            .unwrap_or_else(|_| url_of(addr)),
+        None => url_of(addr),
+    }
+}
+
 impl MsSim {
     /// Entra ID: `{login}/{tenant}/oauth2/token`, `/oauth2/v2.0/token`, `/oauth2/authorize`.
     pub fn login_url(&self) -> url::Url {
@@ -323,7 +336,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<MsSim> {
             .iter()
             .find(|(h, _)| *h == host)
             .and_then(|(_, l)| l.local_addr().ok())
-            .map(url_of)
+            .map(|addr| public_url(addr, config.public_host.as_deref()))
             .expect("every host is bound")
     };
     let _ = sim.0.urls.set(Urls {

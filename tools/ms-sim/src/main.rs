@@ -28,6 +28,10 @@ struct Args {
     /// Delay before a webhook's second attempt, in milliseconds; it doubles per attempt.
     #[arg(long, default_value_t = 1000)]
     webhook_retry_ms: u64,
+    /// The host name clients use to reach the simulator (compose: the service name), put in
+    /// the URLs it hands out.
+    #[arg(long)]
+    public_host: Option<String>,
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         ports: ms_sim::Ports::from_base(args.base_port),
         webhook_retry_base: std::time::Duration::from_millis(args.webhook_retry_ms),
         realistic_throttles: !args.no_throttles,
+        public_host: args.public_host,
     })
     .await?;
     println!(
