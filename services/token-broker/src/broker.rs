@@ -1448,6 +1448,11 @@ impl Broker {
             match self.lock.try_acquire(key, self.settings.lock_ttl).await {
                 Ok(Some(lease)) => break lease,
                 Ok(None) => {}
+                // Redis briefly unreachable: keep waiting (and reading the shared row) until
+                // the deadline rather than failing the caller at once.
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "refresh lock unavailable; retrying");
+                }
                 Err(e) => {
                     return Err(BrokerError::Unavailable(format!("refresh lock: {e}")));
                 }

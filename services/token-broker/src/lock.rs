@@ -57,7 +57,11 @@ return 0";
 impl RedisLock {
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        // The default response timeout is short for a loaded replica; a slow answer is
+        // better than a failed refresh.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),
