@@ -28,6 +28,7 @@ pub struct WorkerSettings {
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
     /// A poll lease; renewed while the poll runs, so only a dead replica's lease runs out.
+    /// Webhook inbox and enrichment claims use it too: a dead replica's work returns after it.
     #[serde(with = "humantime_serde")]
     pub poll_lease: Duration,
     pub max_concurrent_polls: usize,
@@ -54,6 +55,10 @@ impl Default for WorkerSettings {
             outbox_interval: Duration::from_millis(500),
         }
     }
+}
+
+fn lease_ms(settings: &WorkerSettings) -> i64 {
+    settings.poll_lease.as_millis() as i64
 }
 
 fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
@@ -125,7 +130,11 @@ pub async fn inbox_loop(
 ) {
     while !shutdown.is_cancelled() {
         let now = core.now();
-        match core.store.claim_webhooks(now, now + 60_000, 32).await {
+        match core
+            .store
+            .claim_webhooks(now, now + lease_ms(&settings), 32)
+            .await
+        {
             Ok(items) if !items.is_empty() => {
                 for item in items {
                     if let Err(e) = core.process_webhook(&item).await {
@@ -166,7 +175,11 @@ pub async fn enrichment_loop(
 ) {
     while !shutdown.is_cancelled() {
         let now = core.now();
-        match core.store.claim_enrichment(now, now + 60_000, 50).await {
+        match core
+            .store
+            .claim_enrichment(now, now + lease_ms(&settings), 50)
+            .await
+        {
             Ok(alerts) if !alerts.is_empty() => {
                 for alert in alerts {
                     if let Err(e) = core.enrich(&alert).await {
