@@ -1,0 +1,503 @@
+//! The store's contract, run on Postgres and on SQLite with the same bodies.
+
+use palisade_alert_ingest::{
+    model,
+    store::{AlertStore, ListQuery, PollResult, SqlStore, WriteBackOutcome},
+};
+use palisade_contracts::{
+    alerts::v1::{
+        AlertFilter, AlertSortField, AlertSource, AlertStatus, IngestionSettings, Resolution,
+        WriteBackState,
+    },
+    common::v1::{Severity, SortOrder},
+    events::v1::{AlertResolved, AlertWriteBack, Envelope},
+};
+use palisade_storage::Database;
+use palisade_testkit::{TestBackend, backend_conformance};
+use prost::Message;
+use sqlx::Row;
+
+const P: &str = "partner-a";
+const HOUR: i64 = 3_600_000;
+const NOW: i64 = 1_750_000_000_000;
+
+async fn store(backend: &TestBackend) -> SqlStore {
+    let db = Database::connect(&backend.settings(), "alerts")
+        .await
+        .unwrap();
+    let store = SqlStore::new(db);
+    store.migrate().await.unwrap();
+    store
+}
+
+fn graph(
+    n: u32,
+    status: &str,
+    severity: &str,
+    kind: &str,
+    last_observed: i64,
+) -> model::Observation {
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    model::from_graph(
+        P,
+        serde_json::json!({
+            "id": format!("g-{n}"), "alertType": kind, "status": status, "severity": severity,
+            "customerTenantId": format!("c-{}", n % 3), "subscriptionId": format!("s-{n}"),
+            "detectedDateTime": iso(NOW - 30 * HOUR), "firstObservedDateTime": iso(NOW - 30 * HOUR - n as i64),
+            "lastObservedDateTime": iso(last_observed), "isTest": "false",
+            "resolvedReason": if status == "resolved" { "ignore" } else { "" },
+            "resolvedOnDateTime": if status == "resolved" { iso(NOW - 2 * HOUR) } else { String::new() },
+        }),
+    )
+    .unwrap()
+}
+
+async fn outbox(store: &SqlStore) -> Vec<(String, Envelope)> {
+    sqlx::query("SELECT topic, envelope FROM outbox ORDER BY seq")
+        .fetch_all(store.database().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                Envelope::decode(r.get::<Vec<u8>, _>(1).as_slice()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn ingest_is_idempotent_and_merges_sources_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    let g = graph(
+        1,
+        "active",
+        "high",
+        "networkConnectionsToCryptoMiningPools",
+        NOW - HOUR,
+    );
+    let first = store.ingest(std::slice::from_ref(&g), NOW).await.unwrap();
+    assert_eq!((first.written, first.applied.len()), (1, 1));
+    let again = store
+        .ingest(std::slice::from_ref(&g), NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.written, again.applied.len()),
+        (0, 0),
+        "a replay writes nothing"
+    );
+    // The legacy shape of the same detection: same alert, more detail, one update event.
+    let legacy = model::from_fraud_event(
+        P,
+        serde_json::json!({
+            "eventId": "s-1_e", "eventType": "NetworkConnectionsToCryptoMiningPools", "eventStatus": "Active",
+            "customerTenantId": "c-1", "subscriptionId": "s-1", "hitCount": "9",
+            "firstObserved": chrono::DateTime::from_timestamp_millis(g.first_observed_at).unwrap().naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+            "lastObserved": "2020-01-01T00:00:00", "IsTest": "false", "customerFriendlyName": "Contoso"
+        }),
+    )
+    .unwrap();
+    assert_eq!(legacy.fingerprint, g.fingerprint);
+    let merged = store.ingest(&[legacy], NOW + 2).await.unwrap();
+    assert_eq!(merged.applied.len(), 1);
+    let alert = store
+        .get_alert(P, &merged.applied[0].alert.alert_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            alert.hit_count,
+            alert.customer_name.as_str(),
+            alert.fraud_event_id.as_str()
+        ),
+        (9, "Contoso", "s-1_e")
+    );
+    assert_eq!(
+        alert.last_observed_at.unwrap().seconds * 1000,
+        (NOW - HOUR) / 1000 * 1000,
+        "times only move forward"
+    );
+    let kinds: Vec<_> = outbox(&store)
+        .await
+        .into_iter()
+        .map(|(t, e)| (t, e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("alerts".to_owned(), "alert.raised".to_owned()),
+            ("alerts".into(), "alert.updated".into())
+        ]
+    );
+    assert!(
+        store
+            .get_alert("partner-b", &alert.alert_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "partners are apart"
+    );
+    store
+        .quarantine(P, AlertSource::Graph, "bad", "{", NOW)
+        .await
+        .unwrap();
+    store
+        .put_ingestion(
+            P,
+            &IngestionSettings {
+                graph_enabled: true,
+                poll_interval_seconds: 60,
+                ..Default::default()
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let states = store.source_states(P).await.unwrap();
+    assert_eq!(
+        states
+            .iter()
+            .find(|s| s.source == AlertSource::Graph as i32)
+            .unwrap()
+            .quarantined,
+        1
+    );
+}
+backend_conformance!(
+    ingest_is_idempotent_and_merges_sources,
+    ingest_is_idempotent_and_merges_sources_body
+);
+
+async fn resolve_is_one_transaction_and_idempotent_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    let applied = store
+        .ingest(
+            &[graph(1, "active", "high", "CryptoMining", NOW - HOUR)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let id = applied.applied[0].alert.alert_id.clone();
+    let before = outbox(&store).await.len();
+    let r = store
+        .resolve(
+            P,
+            &id,
+            Resolution::Fraud,
+            "miner",
+            "palisade:ops",
+            NOW + HOUR,
+        )
+        .await
+        .unwrap();
+    assert!(r.changed);
+    assert_eq!(r.alert.write_back_state, WriteBackState::Pending as i32);
+    let events = outbox(&store).await.split_off(before);
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.kind.as_str()),
+        ("alerts", "alert.resolved")
+    );
+    assert_eq!(
+        AlertResolved::decode(events[0].1.payload.as_slice())
+            .unwrap()
+            .alert
+            .unwrap()
+            .resolution,
+        Resolution::Fraud as i32
+    );
+    assert_eq!(
+        (events[1].0.as_str(), events[1].1.kind.as_str()),
+        ("alert-write-back", "alert.write_back")
+    );
+    assert_eq!(
+        AlertWriteBack::decode(events[1].1.payload.as_slice())
+            .unwrap()
+            .alert_id,
+        id
+    );
+    let again = store
+        .resolve(
+            P,
+            &id,
+            Resolution::Fraud,
+            "miner",
+            "palisade:ops",
+            NOW + 2 * HOUR,
+        )
+        .await
+        .unwrap();
+    assert!(!again.changed);
+    assert_eq!(
+        outbox(&store).await.len(),
+        before + 2,
+        "a repeat publishes nothing"
+    );
+    assert!(
+        store
+            .resolve(P, &id, Resolution::Ignore, "", "x", NOW)
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .resolve("partner-b", &id, Resolution::Fraud, "", "x", NOW)
+            .await
+            .is_err()
+    );
+    // Microsoft lagging behind ("active") does not undo a pending resolution.
+    store
+        .ingest(
+            &[graph(1, "active", "high", "CryptoMining", NOW + 3 * HOUR)],
+            NOW + 3 * HOUR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_alert(P, &id).await.unwrap().unwrap().status,
+        AlertStatus::Resolved as i32
+    );
+    let done = store
+        .record_write_back(&id, &WriteBackOutcome::Retrying("503".into()), NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.write_back_state, done.write_back_attempts),
+        (WriteBackState::Pending as i32, 1)
+    );
+    let done = store
+        .record_write_back(&id, &WriteBackOutcome::Confirmed, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.write_back_state, WriteBackState::Confirmed as i32);
+    let history = store
+        .get_alert_with_history(P, &id)
+        .await
+        .unwrap()
+        .unwrap()
+        .history;
+    let reasons: Vec<_> = history.iter().map(|t| t.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"resolved as fraud: miner")
+            && reasons.contains(&"write-back confirmed by Microsoft"),
+        "{reasons:?}"
+    );
+    // Response times: detected 30 h before NOW, resolved at NOW + 1 h: late.
+    let times = store
+        .response_times(P, NOW - 30 * 24 * HOUR, NOW + 24 * HOUR, 24 * HOUR)
+        .await
+        .unwrap();
+    assert_eq!(times.resolved, 1);
+    assert_eq!(times.average_ms, (31 * HOUR) as f64);
+    assert_eq!(times.breaching.len(), 1);
+}
+backend_conformance!(
+    resolve_is_one_transaction_and_idempotent,
+    resolve_is_one_transaction_and_idempotent_body
+);
+
+async fn list_pages_filters_and_summarises_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    let mut batch = Vec::new();
+    for n in 0..25 {
+        let (severity, kind) = if n % 2 == 0 {
+            ("high", "CryptoMining")
+        } else {
+            ("low", "VM_AnomalousDeployment")
+        };
+        let status = if n % 5 == 0 { "resolved" } else { "active" };
+        batch.push(graph(n, status, severity, kind, NOW - (n as i64) * HOUR));
+    }
+    store.ingest(&batch, NOW).await.unwrap();
+    for order in [SortOrder::Descending, SortOrder::Ascending] {
+        let mut seen = Vec::new();
+        let mut query = ListQuery {
+            page_size: 10,
+            sort_field: AlertSortField::LastObserved,
+            sort_order: order,
+            ..Default::default()
+        };
+        loop {
+            let (page, next) = store.list_alerts(P, &query).await.unwrap();
+            seen.extend(page.iter().map(|a| a.last_observed_at.unwrap().seconds));
+            if next.is_empty() {
+                break;
+            }
+            query.page_token = next;
+        }
+        assert_eq!(seen.len(), 25);
+        let mut sorted = seen.clone();
+        sorted.sort();
+        if order == SortOrder::Descending {
+            sorted.reverse();
+        }
+        assert_eq!(seen, sorted);
+    }
+    let filtered = ListQuery {
+        filter: AlertFilter {
+            severities: vec![Severity::High as i32],
+            alert_types: vec!["cryptomining".into()],
+            statuses: vec![AlertStatus::Active as i32],
+            ..Default::default()
+        },
+        page_size: 100,
+        ..Default::default()
+    };
+    let (page, _) = store.list_alerts(P, &filtered).await.unwrap();
+    assert_eq!(page.len(), 10, "13 high, 3 of them resolved");
+    assert_eq!(store.count_alerts(P, &filtered).await.unwrap(), 10);
+    let bad = ListQuery {
+        page_token: "garbage".into(),
+        ..Default::default()
+    };
+    assert!(store.list_alerts(P, &bad).await.is_err());
+    let summary = store
+        .daily_summary(P, NOW - 60 * 24 * HOUR, NOW)
+        .await
+        .unwrap();
+    let crypto = summary
+        .iter()
+        .find(|s| s.alert_type == "CryptoMining")
+        .unwrap();
+    assert_eq!(
+        (
+            crypto.unresolved_alerts,
+            crypto.affected_customers,
+            crypto.affected_subscriptions,
+            crypto.affected_partners
+        ),
+        (10, 3, 10, 1)
+    );
+}
+backend_conformance!(
+    list_pages_filters_and_summarises,
+    list_pages_filters_and_summarises_body
+);
+
+async fn polls_and_webhooks_are_leased_to_one_owner_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    store
+        .put_ingestion(
+            P,
+            &IngestionSettings {
+                graph_enabled: true,
+                fraud_events_enabled: true,
+                poll_interval_seconds: 60,
+                webhook_url: String::new(),
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let a = store
+        .claim_due_polls("a", NOW, NOW + 5_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 2);
+    assert!(
+        store
+            .claim_due_polls("b", NOW + 1, NOW + 5_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased to a"
+    );
+    // a dies holding the fraudEvents lease; finishes the Graph poll.
+    let graph = a.iter().find(|c| c.source == AlertSource::Graph).unwrap();
+    assert!(
+        store
+            .finish_poll(
+                graph,
+                "a",
+                &PollResult {
+                    next_poll_at: NOW + 60_000,
+                    cursor_ms: Some(NOW - 5),
+                    error: None
+                },
+                NOW + 2
+            )
+            .await
+            .unwrap()
+    );
+    let b = store
+        .claim_due_polls("b", NOW + 5_001, NOW + 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 1, "only the expired lease moves");
+    assert_eq!(b[0].source, AlertSource::FraudEvents);
+    assert!(
+        !store
+            .finish_poll(
+                &b[0],
+                "a",
+                &PollResult {
+                    next_poll_at: 0,
+                    cursor_ms: None,
+                    error: None
+                },
+                NOW
+            )
+            .await
+            .unwrap(),
+        "a lost its lease"
+    );
+    let again = store
+        .claim_due_polls("b", NOW + 60_000, NOW + 65_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .find(|c| c.source == AlertSource::Graph)
+            .unwrap()
+            .cursor_ms,
+        Some(NOW - 5)
+    );
+
+    assert!(
+        store
+            .insert_webhook(P, "sha", "azure-fraud-event-detected", b"{}", NOW)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .insert_webhook(P, "sha", "azure-fraud-event-detected", b"{}", NOW)
+            .await
+            .unwrap(),
+        "replay"
+    );
+    let items = store.claim_webhooks(NOW, NOW + 1000, 10).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert!(
+        store
+            .claim_webhooks(NOW + 10, NOW + 1000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .claim_webhooks(NOW + 1001, NOW + 2000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "an expired claim returns"
+    );
+    store.finish_webhook(&items[0].inbox_id, &[]).await.unwrap();
+    assert_eq!(store.pending_webhooks().await.unwrap(), 0);
+    assert_eq!(store.last_webhook_at(P).await.unwrap(), Some(NOW));
+}
+backend_conformance!(
+    polls_and_webhooks_are_leased_to_one_owner,
+    polls_and_webhooks_are_leased_to_one_owner_body
+);
