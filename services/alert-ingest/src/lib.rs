@@ -161,7 +161,7 @@ impl palisade_config::Validate for Settings {
                 &self.microsoft.partner_center_url,
             ),
         ] {
-            url::Url::parse(value).map_err(|e| ConfigError::invalid(key, &e.to_string()))?;
+            url::Url::parse(value).map_err(|e| ConfigError::invalid(key, e.to_string()))?;
         }
         if self.microsoft.requests_per_second <= 0.0 {
             return Err(ConfigError::invalid(
