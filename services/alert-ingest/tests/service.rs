@@ -431,3 +431,104 @@ async fn a_caller_of_another_partner_is_denied_on_every_rpc() {
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     instance.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulk_resolve_streams_progress_and_watchers_see_every_change() {
+    let world = World::new().await;
+    let instance = world.start(world.settings("r1")).await;
+    let partner = world.partner(0);
+    let mut client = client(instance.grpc, Some(&world.admin)).await;
+    world.configure(&mut client, &partner, true, false, 1).await;
+    let expected = world.sim.control().alerts(&partner).len();
+    eventually("the seeded alerts are in", || {
+        let mut c = client.clone();
+        let p = partner.clone();
+        async move { all_alerts(&mut c, &p).await.len() == expected }
+    })
+    .await;
+    let day_ago = chrono::Utc::now().timestamp() - 86_400;
+    let old_open: HashSet<String> = all_alerts(&mut client, &partner)
+        .await
+        .into_iter()
+        .filter(|a| {
+            a.status != AlertStatus::Resolved as i32
+                && a.last_observed_at.unwrap().seconds < day_ago
+        })
+        .map(|a| a.alert_id)
+        .collect();
+    assert!(!old_open.is_empty());
+    let mut watch = client
+        .watch_alerts(pb::WatchAlertsRequest {
+            partner_tenant_id: partner.clone(),
+            filter: Some(pb::AlertFilter {
+                statuses: vec![AlertStatus::Resolved as i32],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let request = |dry_run| pb::BulkResolveRequest {
+        partner_tenant_id: partner.clone(),
+        filter: None,
+        older_than_seconds: 86_400,
+        resolution: Resolution::Ignore as i32,
+        note: "stale".into(),
+        dry_run,
+    };
+    let mut dry = client
+        .bulk_resolve(request(true))
+        .await
+        .unwrap()
+        .into_inner();
+    let only = dry.message().await.unwrap().unwrap();
+    assert_eq!(only.progress.unwrap().total, old_open.len() as u64);
+    assert!(dry.message().await.unwrap().is_none());
+
+    let mut stream = client
+        .bulk_resolve(request(false))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut resolved = HashSet::new();
+    let mut last = None;
+    while let Some(progress) = stream.message().await.unwrap() {
+        resolved.extend(progress.resolved_alert_ids.clone());
+        last = progress.progress;
+    }
+    let last = last.unwrap();
+    assert_eq!(
+        (last.done, last.total, last.failed),
+        (old_open.len() as u64, old_open.len() as u64, 0)
+    );
+    assert_eq!(resolved, old_open);
+    let mut watched = HashSet::new();
+    while watched.len() < old_open.len() {
+        let change = watch.message().await.unwrap().unwrap();
+        if change.change == pb::AlertChangeKind::Resolved as i32 {
+            watched.insert(change.alert.unwrap().alert_id);
+        }
+    }
+    assert_eq!(watched, old_open);
+    eventually("every bulk resolution is confirmed by Microsoft", || {
+        let mut c = client.clone();
+        let (p, ids) = (partner.clone(), old_open.clone());
+        async move {
+            all_alerts(&mut c, &p)
+                .await
+                .iter()
+                .filter(|a| ids.contains(&a.alert_id))
+                .all(|a| a.write_back_state == WriteBackState::Confirmed as i32)
+        }
+    })
+    .await;
+    let ignored_at_microsoft = world
+        .sim
+        .control()
+        .alerts(&partner)
+        .iter()
+        .filter(|a| a["resolvedReason"] == "ignore")
+        .count();
+    assert!(ignored_at_microsoft >= old_open.len());
+    instance.running.stop().await;
+}
