@@ -11,6 +11,7 @@ mod loadgen;
 mod platform;
 mod report;
 mod rss;
+mod tokens;
 
 mod echo {
     tonic::include_proto!("palisade.bench.v1");
@@ -125,6 +126,28 @@ async fn main() -> anyhow::Result<()> {
             met: ratio.map(|r| r >= 0.7),
             note: format!(
                 "trace+metrics, load shed, concurrency limit, cached credential check; {} errors",
+                max.errors + half.errors
+            ),
+            latency_quantiles_us: report::quantiles(&half.histogram),
+        });
+    }
+    if args.wants("grpc") || args.wants("tokens") {
+        let (max, half) = tokens::cached_get_access_token(args.phase()).await?;
+        let ratio = echo_throughput.map(|echo| max.throughput() / echo);
+        let p99 = half.quantile_ms(0.99);
+        rows.push(Row {
+            workload: "token-broker: cached GetAccessToken".into(),
+            throughput_per_s: Some(max.throughput()),
+            p50_ms: Some(half.quantile_ms(0.5)),
+            p99_ms: Some(p99),
+            baseline: "echo".into(),
+            baseline_value: echo_throughput,
+            ratio,
+            peak_rss_mib: rss::current_process_peak_mib(),
+            target: ">= 0.7x echo, p99 <= 2 ms at half load".into(),
+            met: ratio.map(|r| r >= 0.7 && p99 <= 2.0),
+            note: format!(
+                "full server stack + tokens:issue check + cache + usage count; {} errors",
                 max.errors + half.errors
             ),
             latency_quantiles_us: report::quantiles(&half.histogram),

@@ -1,0 +1,143 @@
+//! The token broker's hot path: a cached `GetAccessToken` over gRPC on loopback, through the
+//! whole server stack (trace and metrics, load shed, concurrency limit, credential check) and
+//! the broker (authorisation, cache lookup, usage count). Its baseline is the bare tonic echo.
+//!
+//! ms-sim stands in for Entra ID; the consent and the one redemption that fills the cache
+//! happen before the measurement. The broker runs on SQLite in a temp directory: a cached
+//! token never touches the database.
+
+use std::time::Duration;
+
+use palisade_auth::{AuthStore, BearerInterceptor, bootstrap_admin};
+use palisade_contracts::tokens::v1::{
+    self as pb, token_broker_service_client::TokenBrokerServiceClient,
+};
+use palisade_storage::DatabaseSettings;
+use secrecy::SecretString;
+
+use crate::loadgen::{self, Sample};
+
+async fn sign_in(authorize_url: &str, upn: &str) -> anyhow::Result<(String, String)> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut url = url::Url::parse(authorize_url)?;
+    url.query_pairs_mut().append_pair("login_hint", upn);
+    let response = http.get(url).send().await?;
+    let location = response
+        .headers()
+        .get("location")
+        .ok_or_else(|| anyhow::anyhow!("authorize did not redirect"))?
+        .to_str()?
+        .to_owned();
+    let location = url::Url::parse(&location)?;
+    let get = |k: &str| {
+        location
+            .query_pairs()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok((get("code"), get("state")))
+}
+
+pub async fn cached_get_access_token(duration: Duration) -> anyhow::Result<(Sample, Sample)> {
+    let sim = ms_sim::start(ms_sim::SimConfig::default()).await?;
+    let partner = sim.scenario().partners[0].clone();
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-bench-tokens-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let database = DatabaseSettings {
+        url: format!("sqlite://{}/palisade.db", dir.display()).into(),
+        ..Default::default()
+    };
+    let store = AuthStore::open(&database).await?;
+    let secret = SecretString::from(bootstrap_admin(&store, "bench").await?);
+    let mut settings = palisade_token_broker::Settings {
+        server: palisade_server::ServerSettings::ephemeral(),
+        database,
+        workers: Some(false),
+        ..Default::default()
+    };
+    settings.kek.key_file = Some(dir.join("kek"));
+    settings.entra.public_login_url = sim.login_url().to_string();
+    settings.entra.china_login_url = sim.login_url().to_string();
+    let listeners = palisade_server::Listeners::bind(&settings.server).await?;
+    let addr = listeners.grpc.local_addr()?;
+    let running = palisade_token_broker::start(
+        settings,
+        listeners,
+        palisade_token_broker::Options::default(),
+    )
+    .await?;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = TokenBrokerServiceClient::with_interceptor(
+        channel.clone(),
+        BearerInterceptor::new(Some(&secret)),
+    );
+    let app = client
+        .register_app(pb::RegisterAppRequest {
+            partner_tenant_id: partner.tenant_id.clone(),
+            display_name: "bench".into(),
+            client_id: partner.app.client_id.clone(),
+            cloud: 1,
+            credential: Some(pb::AppCredential {
+                credential: Some(pb::app_credential::Credential::ClientSecret(
+                    partner.app.client_secret.clone(),
+                )),
+            }),
+            token_endpoint: pb::TokenEndpoint::V1 as i32,
+            redirect_uri: "https://panel.example/consent".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .app
+        .ok_or_else(|| anyhow::anyhow!("no app"))?;
+    let begun = client
+        .begin_consent(pb::BeginConsentRequest {
+            partner_tenant_id: partner.tenant_id.clone(),
+            app_id: app.app_id.clone(),
+            redirect_uri: String::new(),
+        })
+        .await?
+        .into_inner();
+    let (code, state) = sign_in(&begun.authorize_url, &partner.admin().upn).await?;
+    client
+        .complete_consent(pb::CompleteConsentRequest {
+            partner_tenant_id: partner.tenant_id.clone(),
+            state,
+            code,
+        })
+        .await?;
+    let request = pb::GetAccessTokenRequest {
+        partner_tenant_id: partner.tenant_id.clone(),
+        target_tenant_id: String::new(),
+        resource: pb::Resource::Graph as i32,
+        custom_scope: String::new(),
+        force_refresh: false,
+    };
+    // Fill the cache: the one redemption of the run.
+    client.get_access_token(request.clone()).await?;
+    let op = move |_i: u64| {
+        let mut client = TokenBrokerServiceClient::with_interceptor(
+            channel.clone(),
+            BearerInterceptor::new(Some(&secret)),
+        );
+        let request = request.clone();
+        async move {
+            let token = client.get_access_token(request).await?.into_inner();
+            anyhow::ensure!(token.from_cache, "a cache miss during the measurement");
+            Ok(())
+        }
+    };
+    let result = loadgen::max_then_half(duration, op).await;
+    running.stop().await;
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result)
+}
