@@ -250,3 +250,152 @@ async fn key_vault_rotation_under_live_traffic_loses_nothing() {
         "{vault_calls:?}"
     );
 }
+
+/// App secrets referenced from a mounted Kubernetes secret and from a Key Vault secret, instead
+/// of stored: both are read at use and never copied into the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_secrets_can_be_referenced_from_kubernetes_and_key_vault() {
+    let world = World::new().await;
+    let partner = world.partner(0).clone();
+    let operator = world.sim.scenario().operator.clone();
+    let mounted = palisade_testkit::TestSqlite::create();
+    let dir = mounted.dir().join("palisade").join("sam");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("client-secret"),
+        format!("{}\n", partner.app.client_secret),
+    )
+    .unwrap();
+    let mut settings = world.settings();
+    settings.broker.kubernetes_secrets_dir = mounted.dir().to_owned();
+    settings.kek.key_vault = KeyVaultSettings {
+        vault_url: Some(world.sim.key_vault_url().to_string()),
+        key_name: "palisade-kek".into(),
+        tenant_id: operator.tenant_id.clone(),
+        client_id: operator.client_id.clone(),
+        client_secret: Some(operator.client_secret.clone().into()),
+        china: false,
+    };
+    let broker = world.start(settings).await;
+    let secret = world
+        .credential(
+            &[&partner.tenant_id],
+            &[Scope::TokensAdmin, Scope::TokensIssue],
+        )
+        .await;
+    let mut c = client(broker.addr, &secret).await;
+    let reference = |kind: pb::AppCredentialKind, reference: &str| pb::AppCredential {
+        credential: Some(pb::app_credential::Credential::SecretReference(
+            pb::SecretReference {
+                kind: kind as i32,
+                reference: reference.into(),
+            },
+        )),
+    };
+    let app = c
+        .register_app(pb::RegisterAppRequest {
+            partner_tenant_id: partner.tenant_id.clone(),
+            client_id: partner.app.client_id.clone(),
+            credential: Some(reference(
+                pb::AppCredentialKind::KubernetesSecret,
+                "palisade/sam/client-secret",
+            )),
+            redirect_uri: "https://panel.example/consent".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .app
+        .unwrap();
+    assert_eq!(
+        app.credential_kind,
+        pb::AppCredentialKind::KubernetesSecret as i32
+    );
+    consent(
+        &mut c,
+        &partner.tenant_id,
+        &app.app_id,
+        &partner.admin().upn,
+    )
+    .await
+    .unwrap();
+    token(&mut c, &partner.tenant_id, "", pb::Resource::Graph)
+        .await
+        .unwrap();
+    // A path out of the mount is refused at registration.
+    let refused = c
+        .update_app_credential(pb::UpdateAppCredentialRequest {
+            partner_tenant_id: partner.tenant_id.clone(),
+            app_id: app.app_id.clone(),
+            credential: Some(reference(
+                pb::AppCredentialKind::KubernetesSecret,
+                "../etc/passwd",
+            )),
+            credential_expires_at: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    // The same secret, now in Key Vault (put there as an operator would).
+    let http = reqwest::Client::new();
+    let vault_token: serde_json::Value = http
+        .post(format!(
+            "{}{}/oauth2/v2.0/token",
+            world.sim.login_url(),
+            operator.tenant_id
+        ))
+        .form(&[
+            ("client_id", operator.client_id.as_str()),
+            ("client_secret", operator.client_secret.as_str()),
+            ("grant_type", "client_credentials"),
+            ("scope", "https://vault.azure.net/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let put = http
+        .put(format!(
+            "{}secrets/sam-secret?api-version=7.4",
+            world.sim.key_vault_url()
+        ))
+        .bearer_auth(vault_token["access_token"].as_str().unwrap())
+        .json(&serde_json::json!({"value": partner.app.client_secret}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    c.update_app_credential(pb::UpdateAppCredentialRequest {
+        partner_tenant_id: partner.tenant_id.clone(),
+        app_id: app.app_id.clone(),
+        credential: Some(reference(
+            pb::AppCredentialKind::KeyVaultSecret,
+            &format!("{}secrets/sam-secret", world.sim.key_vault_url()),
+        )),
+        credential_expires_at: None,
+    })
+    .await
+    .unwrap();
+    world.sim.control().clear_requests();
+    c.get_access_token(pb::GetAccessTokenRequest {
+        partner_tenant_id: partner.tenant_id.clone(),
+        resource: pb::Resource::PartnerCenter as i32,
+        force_refresh: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let reads = world.sim.control().requests(&ms_sim::RequestFilter {
+        host: Some("key_vault".into()),
+        path_contains: Some("/secrets/sam-secret".into()),
+        ..Default::default()
+    });
+    assert_eq!(reads.len(), 1);
+    let dump = dump_tokens_schema(&world.db).await;
+    assert!(!dump.contains(&partner.app.client_secret));
+    broker.running.stop().await;
+}
