@@ -81,7 +81,7 @@ impl Default for EvaluationSettings {
             lease: Duration::from_secs(60),
             tick: Duration::from_secs(5),
             save_batch: 200,
-            dap_reads_per_run: 400,
+            dap_reads_per_run: 300,
             dap_recheck: Duration::from_secs(7 * 86_400),
             keep_findings_of: 10,
             event_debounce: Duration::from_secs(30),
@@ -542,39 +542,79 @@ impl Engine {
             p.done = already.len() as u64;
             report(*p, "evaluating customer tenants");
         }
-        let pending: Vec<(CustomerRef, bool)> = customers
+        let pending: Vec<CustomerRef> = customers
             .iter()
             .filter(|c| !already.contains(&c.tenant_id))
-            .map(|c| (c.clone(), read_dap.contains(c.tenant_id.as_str())))
+            .cloned()
             .collect();
         let pc_budgets = self.microsoft.partner_center_budgets(partner);
-        let mut stream = futures::stream::iter(pending)
-            .map(|(c, dap)| {
-                let pc_budgets = &pc_budgets;
-                async move {
+        // DAP reads run beside the Graph pass, never holding a customer slot while they wait
+        // for Partner Center's budget.
+        let dap_pass = async {
+            let Some(token) = pc_token else {
+                return Vec::new();
+            };
+            let pc = PartnerCenterPartner {
+                microsoft: &self.microsoft,
+                token,
+                budgets: &pc_budgets,
+            };
+            let pc = &pc;
+            let wanted: Vec<String> = read_dap.iter().map(|c| (*c).to_owned()).collect();
+            futures::stream::iter(wanted)
+                .map(|customer: String| async move {
+                    match pc.dap_allowed(&customer).await {
+                        Ok(dap) => Some((customer, dap)),
+                        Err(e) => {
+                            tracing::debug!(%customer, error = %e, "DAP not read");
+                            None
+                        }
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<Option<(String, bool)>>>()
+                .await
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        };
+        let graph_pass = async {
+            let mut stream = futures::stream::iter(pending)
+                .map(|c| async move {
                     let _permit = self.customers.acquire().await;
-                    self.evaluate_customer(
-                        partner,
-                        &c,
-                        dap.then_some(pc_token).flatten(),
-                        pc_budgets,
-                    )
-                    .await
+                    self.evaluate_customer(partner, &c).await
+                })
+                .buffer_unordered(self.settings.customer_concurrency);
+            let mut batch = Vec::with_capacity(self.settings.save_batch);
+            let mut all = Vec::new();
+            while let Some(row) = stream.next().await {
+                {
+                    let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    p.done += 1;
+                    if row.status == CheckStatus::Unknown {
+                        p.failed += 1;
+                    }
                 }
-            })
-            .buffer_unordered(self.settings.customer_concurrency);
-        let mut batch = Vec::with_capacity(self.settings.save_batch);
-        while let Some(row) = stream.next().await {
-            {
-                let mut p = shared.lock().unwrap_or_else(|e| e.into_inner());
-                p.done += 1;
-                if row.status == CheckStatus::Unknown {
-                    p.failed += 1;
+                batch.push(row);
+                if batch.len() >= self.settings.save_batch {
+                    let p = *shared.lock().unwrap_or_else(|e| e.into_inner());
+                    self.store
+                        .save_customers(
+                            evaluation_id,
+                            &self.owner,
+                            partner,
+                            &batch,
+                            p,
+                            self.now(),
+                            lease_ms,
+                        )
+                        .await?;
+                    all.append(&mut batch);
+                    report(p, "evaluating customer tenants");
                 }
             }
-            batch.push(row);
-            if batch.len() >= self.settings.save_batch {
-                let p = *shared.lock().unwrap_or_else(|e| e.into_inner());
+            let p = *shared.lock().unwrap_or_else(|e| e.into_inner());
+            if !batch.is_empty() {
                 self.store
                     .save_customers(
                         evaluation_id,
@@ -586,18 +626,30 @@ impl Engine {
                         lease_ms,
                     )
                     .await?;
-                batch.clear();
-                report(p, "evaluating customer tenants");
+                all.append(&mut batch);
             }
-        }
+            Ok::<_, ComplianceError>(all)
+        };
+        let (rows, dap) = tokio::join!(graph_pass, dap_pass);
+        let rows = rows?;
         let p = *shared.lock().unwrap_or_else(|e| e.into_inner());
-        if !batch.is_empty() {
+        if !dap.is_empty() {
+            let read: HashMap<String, bool> = dap.into_iter().collect();
+            let updated: Vec<CustomerPostureRow> = rows
+                .into_iter()
+                .filter_map(|mut r| {
+                    let dap = *read.get(&r.customer_tenant_id)?;
+                    r.dap = Some(dap);
+                    r.dap_checked_at = Some(now);
+                    Some(r)
+                })
+                .collect();
             self.store
                 .save_customers(
                     evaluation_id,
                     &self.owner,
                     partner,
-                    &batch,
+                    &updated,
                     p,
                     self.now(),
                     lease_ms,
@@ -612,13 +664,7 @@ impl Engine {
 
     /// One customer: a Graph token through GDAP, then security defaults, admins' registration
     /// and (when defaults are off) Conditional Access. Any failure is this customer's alone.
-    async fn evaluate_customer(
-        &self,
-        partner: &str,
-        customer: &CustomerRef,
-        pc_token: Option<&String>,
-        pc_budgets: &[Arc<palisade_microsoft::http::Throttle>],
-    ) -> CustomerPostureRow {
+    async fn evaluate_customer(&self, partner: &str, customer: &CustomerRef) -> CustomerPostureRow {
         let now = self.now();
         let token = self
             .peers
@@ -645,24 +691,7 @@ impl Engine {
                 (Err(reason.clone()), Err(reason.clone()), Err(reason))
             }
         };
-        let mut row = rules::customer_admin_mfa(customer, &sd, &ca, &admins, now);
-        if let Some(token) = pc_token {
-            let pc = PartnerCenterPartner {
-                microsoft: &self.microsoft,
-                token,
-                budgets: pc_budgets,
-            };
-            match pc.dap_allowed(&customer.tenant_id).await {
-                Ok(dap) => {
-                    row.dap = Some(dap);
-                    row.dap_checked_at = Some(now);
-                }
-                Err(e) => {
-                    tracing::debug!(customer = %customer.tenant_id, error = %e, "DAP not read")
-                }
-            }
-        }
-        row
+        rules::customer_admin_mfa(customer, &sd, &ca, &admins, now)
     }
 
     async fn complete(
