@@ -42,7 +42,10 @@ use palisade_microsoft::{
     key_vault::KeyVaultClient,
 };
 use palisade_queue::outbox::OutboxRelay;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -309,10 +312,44 @@ enum StoredCredential {
 type UsageKey = (String, i64, String, String, String);
 
 /// Metrics the broker exports (`palisade_tokens_issued_total`, `…_cache_hits_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    pub partner_tenant_id: String,
+    pub state: String,
+}
+
 #[derive(Clone, Default)]
 pub struct BrokerMetrics {
     pub issued: Counter,
     pub cache_hits: Counter,
+    /// 1 for each partner's current state, 0 for the others (`palisade_token_health_state`).
+    pub health: Family<HealthLabels, Gauge>,
+}
+
+const ALL_STATES: [TokenHealthState; 10] = [
+    TokenHealthState::Healthy,
+    TokenHealthState::Expired,
+    TokenHealthState::Revoked,
+    TokenHealthState::MfaRequired,
+    TokenHealthState::ConsentMissing,
+    TokenHealthState::BlockedByPolicy,
+    TokenHealthState::ClientCredentialInvalid,
+    TokenHealthState::ClientCredentialExpiring,
+    TokenHealthState::CustomerAccessDenied,
+    TokenHealthState::RevokedByOperator,
+];
+
+impl BrokerMetrics {
+    fn set_health(&self, partner: &str, current: TokenHealthState) {
+        for state in ALL_STATES {
+            self.health
+                .get_or_create(&HealthLabels {
+                    partner_tenant_id: partner.to_owned(),
+                    state: state_name(state).replace(' ', "_"),
+                })
+                .set(i64::from(state == current));
+        }
+    }
 }
 
 impl BrokerMetrics {
@@ -327,6 +364,11 @@ impl BrokerMetrics {
             "tokens_cache_hits",
             "Access tokens served from the cache",
             me.cache_hits.clone(),
+        );
+        metrics.register(
+            "token_health_state",
+            "Each partner's token health (1 for the current state)",
+            me.health.clone(),
         );
         me
     }
@@ -1869,6 +1911,7 @@ impl Broker {
             .set_consent_health(&consent.consent_id, &change, event)
             .await?
         {
+            self.metrics.set_health(&consent.partner_tenant_id, state);
             if state == TokenHealthState::Healthy {
                 tracing::info!(partner_tenant_id = %consent.partner_tenant_id, consent_id = %consent.consent_id, previous = state_name(previous), "token health restored");
             } else {
@@ -2038,6 +2081,20 @@ impl Broker {
                     self.poke_relay();
                 }
             }
+        }
+        // The health gauge, from the database (other replicas' changes included).
+        let mut partners: Vec<String> = self
+            .store
+            .live_consents()
+            .await?
+            .into_iter()
+            .map(|c| c.partner_tenant_id)
+            .collect();
+        partners.sort();
+        partners.dedup();
+        for partner in partners {
+            let (state, _, _) = self.token_health(&partner).await?;
+            self.metrics.set_health(&partner, state);
         }
         Ok(redeemed)
     }
