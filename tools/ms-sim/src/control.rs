@@ -214,6 +214,21 @@ impl Control {
         });
     }
 
+    /// A user's Entra ID P2 licence (in any tenant).
+    pub fn set_user_p2(&self, tenant: &str, upn: &str, licensed: bool) {
+        self.sim.with_world(|w| {
+            w.tenant(tenant)
+                .user_p2
+                .insert(upn.to_ascii_lowercase(), licensed)
+        });
+    }
+
+    /// A tenant's Entra ID licence level: 2 = P2, 1 = P1, 0 = none.
+    pub fn set_tenant_premium(&self, tenant: &str, level: u8) {
+        self.sim
+            .with_world(|w| w.tenant(tenant).entra_premium = Some(level.min(2)));
+    }
+
     pub fn set_gdap_roles(&self, customer_tenant: &str, roles: Vec<String>) {
         self.sim
             .with_world(|w| w.tenant(customer_tenant).gdap_roles = Some(roles));
@@ -350,6 +365,11 @@ struct UserFlag {
 }
 
 #[derive(serde::Deserialize)]
+struct Level {
+    level: u8,
+}
+
+#[derive(serde::Deserialize)]
 struct Roles {
     roles: Vec<String>,
 }
@@ -441,6 +461,8 @@ pub fn router(sim: Sim) -> Router {
         .route("/_sim/tenants/{tenant}/security-defaults", post(|State(c): C, Path(t): Path<String>, Json(f): Json<Flag>| async move { c.set_security_defaults(&t, f.value); done() }))
         .route("/_sim/tenants/{tenant}/mfa-policy", post(|State(c): C, Path(t): Path<String>, Json(f): Json<Flag>| async move { c.set_mfa_policy(&t, f.value); done() }))
         .route("/_sim/tenants/{tenant}/user-mfa", post(|State(c): C, Path(t): Path<String>, Json(f): Json<UserFlag>| async move { c.set_user_mfa(&t, &f.upn, f.value); done() }))
+        .route("/_sim/tenants/{tenant}/user-p2", post(|State(c): C, Path(t): Path<String>, Json(f): Json<UserFlag>| async move { c.set_user_p2(&t, &f.upn, f.value); done() }))
+        .route("/_sim/tenants/{tenant}/premium", post(|State(c): C, Path(t): Path<String>, Json(l): Json<Level>| async move { c.set_tenant_premium(&t, l.level); done() }))
         .route("/_sim/customers/{tenant}/gdap-roles", post(|State(c): C, Path(t): Path<String>, Json(r): Json<Roles>| async move { c.set_gdap_roles(&t, r.roles); done() }))
         .route("/_sim/customers/{tenant}/gdap/expire", post(|State(c): C, Path(t): Path<String>| async move { found(c.expire_gdap(&t)) }))
         .route("/_sim/customers/{tenant}/dap/terminate", post(|State(c): C, Path(t): Path<String>| async move { found(c.terminate_dap(&t)) }))

@@ -832,12 +832,8 @@ async fn security_defaults(
     })).into_response())
 }
 
-/// The Entra ID premium level of any tenant: partners hold P2.
 fn premium(sim: &Sim, tenant: &str) -> u8 {
-    match sim.scenario().customer_by_tenant(tenant) {
-        Some((_, c)) => c.entra_premium,
-        None => 2,
-    }
+    sim.tenant_premium(tenant)
 }
 
 async fn conditional_access(

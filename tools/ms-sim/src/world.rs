@@ -17,6 +17,10 @@ pub struct TenantOverride {
     pub mfa_ca_policy: Option<bool>,
     /// Per user principal name (lower case): registered for MFA or not.
     pub user_mfa: HashMap<String, bool>,
+    /// Per user principal name (lower case): holds an Entra ID P2 licence or not.
+    pub user_p2: HashMap<String, bool>,
+    /// The tenant's Entra ID licence level: 2 = P2, 1 = P1, 0 = none.
+    pub entra_premium: Option<u8>,
     pub gdap: Option<Option<GdapStatus>>,
     pub gdap_roles: Option<Vec<String>>,
     pub app_consent: Option<bool>,
@@ -174,8 +178,12 @@ impl Sim {
         self.with_world(|w| {
             if let Some(o) = w.tenants.get(&tenant_id.to_ascii_lowercase()) {
                 for user in &mut users {
-                    if let Some(mfa) = o.user_mfa.get(&user.upn.to_ascii_lowercase()) {
+                    let upn = user.upn.to_ascii_lowercase();
+                    if let Some(mfa) = o.user_mfa.get(&upn) {
                         user.has_mfa = *mfa;
+                    }
+                    if let Some(p2) = o.user_p2.get(&upn) {
+                        user.has_p2 = *p2;
                     }
                 }
             }
@@ -218,6 +226,20 @@ impl Sim {
                 .or_insert_with(|| Alert::seeded(scenario, partner, epoch));
             f(alerts)
         })
+    }
+
+    /// The Entra ID licence level of any tenant: partners hold P2 unless changed.
+    pub(crate) fn tenant_premium(&self, tenant_id: &str) -> u8 {
+        let seeded = match self.scenario().customer_by_tenant(tenant_id) {
+            Some((_, c)) => c.entra_premium,
+            None => 2,
+        };
+        self.with_world(|w| {
+            w.tenants
+                .get(&tenant_id.to_ascii_lowercase())
+                .and_then(|o| o.entra_premium)
+        })
+        .unwrap_or(seeded)
     }
 
     pub(crate) fn graph_permissions(&self, client_id: &str) -> Vec<String> {

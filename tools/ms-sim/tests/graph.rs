@@ -561,3 +561,44 @@ async fn gdap_relationships_page_filter_and_show_roles_expiry_and_assignments() 
     assert_eq!(body["error_codes"], json!([50020]));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn licences_follow_user_and_tenant_changes() {
+    let sim = sim().await;
+    let partner = sim.scenario().partners[0].clone();
+    let token = partner_graph_token(&sim).await;
+    let p2_units = |body: &Value| {
+        body["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["skuPartNumber"] == "AAD_PREMIUM_P2")
+            .map(|s| s["consumedUnits"].as_u64().unwrap())
+    };
+    let (_, _, skus) = get(graph(&sim, "/v1.0/subscribedSkus"), &token).await;
+    assert_eq!(
+        p2_units(&skus),
+        Some(2),
+        "admin and break-glass hold P2; the service account does not"
+    );
+    sim.control()
+        .set_user_p2(&partner.tenant_id, &partner.admin().upn, false);
+    let (_, _, skus) = get(graph(&sim, "/v1.0/subscribedSkus"), &token).await;
+    assert_eq!(p2_units(&skus), Some(1));
+    sim.control().set_tenant_premium(&partner.tenant_id, 0);
+    let (_, _, skus) = get(graph(&sim, "/v1.0/subscribedSkus"), &token).await;
+    assert_eq!(p2_units(&skus), None);
+    assert_eq!(
+        get(
+            graph(
+                &sim,
+                "/v1.0/reports/authenticationMethods/userRegistrationDetails"
+            ),
+            &token
+        )
+        .await
+        .0,
+        403
+    );
+    sim.shutdown().await;
+}
