@@ -1,16 +1,18 @@
-//! Evaluations against ms-sim over real HTTP, on Postgres with the Redis queue: each check
-//! passes and fails for the right reason, a policy change flips a check with exactly one
-//! event, one customer's failure stays its own, and throttling is honoured.
+//! Evaluations against ms-sim over real HTTP and the real token broker, notifier and
+//! alert-ingest, on Postgres with the Redis queue: each check passes and fails for the right
+//! reason, a policy change flips a check with exactly one event, one customer's failure stays
+//! its own, and throttling is honoured.
 
 mod support;
 
 use std::{collections::HashMap, time::Duration};
 
-use ms_sim::{Fault, FaultKind, Host, SimConfig};
-use palisade_compliance::model::AlertResponse;
+use ms_sim::{Fault, FaultKind, Host, SimConfig, scenario::ScenarioConfig};
 use palisade_contracts::{
+    alerts::v1 as alerts,
     compliance::v1::{CheckKind, CheckStatus, ComplianceStatus, Finding},
     events::v1::ComplianceChanged,
+    tokens::v1 as tokens,
 };
 use prost::Message;
 use support::*;
@@ -34,7 +36,7 @@ struct Events {
 
 impl Events {
     async fn new(h: &Harness) -> Self {
-        let settings = support::settings(&h.db, &h.redis, &h.sim).await;
+        let settings = support::settings(h, "unused");
         let queue = palisade_queue::connect(&settings.queue).await.unwrap();
         Self {
             consumer: queue.consumer("compliance", "test", "t1").await.unwrap(),
@@ -72,10 +74,36 @@ impl Events {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_check_reads_the_simulated_partner_for_the_right_reason() {
-    let h = start(SimConfig::default(), |_| {}).await;
+    // No seeded alert history: the one alert of this test is raised, ingested and resolved.
+    let config = SimConfig {
+        scenario: ScenarioConfig {
+            alerts_per_partner: 0,
+            ..ScenarioConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let h = start(config, |_| {}).await;
+    let p = &h.partner;
+    let raised = h
+        .sim
+        .control()
+        .raise_alert(&p.tenant_id, &ms_sim::AlertSpec::default())
+        .unwrap();
+    let ingested = h.ingest_alerts(&p.tenant_id, 1).await;
+    assert_eq!(ingested.len(), 1);
+    assert_eq!(ingested[0].provider_alert_id, raised);
+    h.alerts_client()
+        .await
+        .resolve_alert(alerts::ResolveAlertRequest {
+            partner_tenant_id: p.tenant_id.clone(),
+            alert_id: ingested[0].alert_id.clone(),
+            resolution: alerts::Resolution::Legitimate as i32,
+            note: "expected sign-in".into(),
+        })
+        .await
+        .unwrap();
     let mut events = Events::new(&h).await;
     let status = h.evaluate().await;
-    let p = &h.partner;
 
     // 1. The service account has no MFA, and the CA policy excludes the break-glass account.
     let mfa = check(&status, CheckKind::MfaAllUsers);
@@ -96,15 +124,36 @@ async fn each_check_reads_the_simulated_partner_for_the_right_reason() {
     let requests = check(&status, CheckKind::MfaOnRequests);
     assert_eq!(st(requests), CheckStatus::Pass, "{}", requests.summary);
     assert_ne!(requests.evidence["partner_center_requests"], "0");
-    // 3–5 come from the Palisade side, in order here.
+    //    The broker minted every token of this evaluation from the admin agent's MFA consent.
+    let stats = h
+        .broker_client()
+        .await
+        .get_mfa_statistics(tokens::GetMfaStatisticsRequest {
+            partner_tenant_id: p.tenant_id.clone(),
+            time_range: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.tokens_minted > 0);
+    assert_eq!(stats.tokens_minted_with_mfa, stats.tokens_minted);
+    // 3–5 come from the Palisade side: the broker's consent, the notifier's contacts and
+    //    alert-ingest's response times, each in order.
+    let sam = check(&status, CheckKind::SecureApplicationModel);
+    assert_eq!(st(sam), CheckStatus::Pass, "{}", sam.summary);
+    assert_eq!(sam.evidence["apps"], "1");
+    assert_eq!(sam.evidence["apps_with_healthy_consent"], "1");
+    assert_eq!(sam.evidence["tokens_minted_without_mfa"], "0");
+    let contact = check(&status, CheckKind::SecurityContact);
+    assert_eq!(st(contact), CheckStatus::Pass, "{}", contact.summary);
     assert_eq!(
-        st(check(&status, CheckKind::SecureApplicationModel)),
-        CheckStatus::Pass
+        contact.evidence["microsoft_security_contact_provided"],
+        "true"
     );
-    assert_eq!(
-        st(check(&status, CheckKind::AlertResponse)),
-        CheckStatus::Pass
-    );
+    let alerts = check(&status, CheckKind::AlertResponse);
+    assert_eq!(st(alerts), CheckStatus::Pass, "{}", alerts.summary);
+    assert_eq!(alerts.evidence["resolved_in_window"], "1");
+    assert_eq!(alerts.evidence["unresolved_older_than_24h"], "0");
     // 6. Global Administrator in relationships of customers 0, 3 and 6; DAP left at 1 and 7;
     //    customer 3's relationship ends within 30 days.
     let gdap = check(&status, CheckKind::GdapLeastPrivilege);
@@ -202,14 +251,28 @@ async fn each_check_reads_the_simulated_partner_for_the_right_reason() {
         got.iter()
             .all(|e| e.previous_status == 0 && e.evaluation_id == status.evaluation_id)
     );
-    h.running.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn policy_changes_flip_checks_with_exactly_one_event_each() {
-    let h = start(SimConfig::default(), |_| {}).await;
+    // The notifier has no contact yet, and alert-ingest does not yet read the partner's alerts
+    // (ms-sim holds twelve, some open for days).
+    let h = start_with(SimConfig::default(), Palisade { contacts: false }, |_| {}).await;
     let mut events = Events::new(&h).await;
     let first = h.evaluate().await;
+    let contact = check(&first, CheckKind::SecurityContact);
+    assert_eq!(st(contact), CheckStatus::Fail, "{}", contact.summary);
+    assert_eq!(
+        contact.subjects,
+        vec!["first_name", "last_name", "email", "phone"]
+    );
+    assert_eq!(
+        st(check(&first, CheckKind::AlertResponse)),
+        CheckStatus::Pass
+    );
+    let p2 = check(&first, CheckKind::EntraIdP2);
+    assert_eq!(st(p2), CheckStatus::Pass, "{}", p2.summary);
     let non_passing = first
         .checks
         .iter()
@@ -217,38 +280,55 @@ async fn policy_changes_flip_checks_with_exactly_one_event_each() {
         .count();
     events.take(non_passing).await;
 
-    // Security defaults on and the service account registered: MFA for everyone.
+    // Security defaults on and the service account registered: MFA for everyone. The partner
+    // drops to Entra ID P1: no P2 for its admin agents.
     let p = &h.partner;
     let control = h.sim.control();
     control.set_security_defaults(&p.tenant_id, true);
     control.set_user_mfa(&p.tenant_id, &p.service_account().upn, true);
-    // And on the Palisade side: slow alert response, and the contact lost its phone.
-    h.peers.set(|s| {
-        s.alerts = Ok(AlertResponse {
-            average_response_seconds: 30.0 * 3600.0,
-            resolved_in_window: 3,
-            unresolved_older_than_requirement: 1,
-            breaching_alert_ids: vec!["alert-7".into()],
-        });
-        if let Ok(c) = &mut s.contacts {
-            c.security_contact_complete = false;
-            c.missing_fields = vec!["phone".into()];
-        }
-    });
+    control.set_tenant_premium(&p.tenant_id, 1);
+    // On the Palisade side: the contacts are recorded, and alert-ingest now reads the alerts.
+    h.record_contacts(&p.tenant_id).await;
+    let ingested = h.ingest_alerts(&p.tenant_id, 12).await;
+    let day_ago = chrono::Utc::now().timestamp_millis() - 86_400_000;
+    let mut stale: Vec<String> = ingested
+        .iter()
+        .filter(|a| {
+            a.status != alerts::AlertStatus::Resolved as i32
+                && !a.is_test
+                && a.detected_at
+                    .as_ref()
+                    .is_some_and(|t| palisade_contracts::time::to_millis(t) < day_ago)
+        })
+        .map(|a| a.alert_id.clone())
+        .collect();
+    stale.sort();
+    assert!(!stale.is_empty(), "ms-sim seeds alerts open for days");
     let second = h.evaluate().await;
     let mfa = check(&second, CheckKind::MfaAllUsers);
     assert_eq!(st(mfa), CheckStatus::Pass, "{}", mfa.summary);
     assert_eq!(mfa.evidence["enforced_by"], "security defaults");
-    let alerts = check(&second, CheckKind::AlertResponse);
-    assert_eq!(st(alerts), CheckStatus::Fail);
-    assert_eq!(alerts.subjects, vec!["alert-7"]);
-    let contact = check(&second, CheckKind::SecurityContact);
-    assert_eq!(st(contact), CheckStatus::Fail);
-    assert_eq!(contact.subjects, vec!["phone"]);
-    assert!(
-        second.score < first.score
-            || st(check(&first, CheckKind::SecurityContact)) == CheckStatus::Fail
+    let alerts_check = check(&second, CheckKind::AlertResponse);
+    assert_eq!(
+        st(alerts_check),
+        CheckStatus::Fail,
+        "{}",
+        alerts_check.summary
     );
+    let mut subjects = alerts_check.subjects.clone();
+    subjects.sort();
+    assert_eq!(subjects, stale, "the stale alerts are listed");
+    assert_eq!(
+        alerts_check.evidence["unresolved_older_than_24h"],
+        stale.len().to_string()
+    );
+    let contact = check(&second, CheckKind::SecurityContact);
+    assert_eq!(st(contact), CheckStatus::Pass, "{}", contact.summary);
+    let p2 = check(&second, CheckKind::EntraIdP2);
+    assert_eq!(st(p2), CheckStatus::Fail, "{}", p2.summary);
+    assert_eq!(p2.evidence["p2_units"], "0");
+    assert_eq!(p2.evidence["admin_agents"], "3");
+    assert!(p2.subjects.contains(&p.admin().upn), "{:?}", p2.subjects);
 
     let changed: Vec<(i32, i32)> = first
         .checks
@@ -268,11 +348,26 @@ async fn policy_changes_flip_checks_with_exactly_one_event_each() {
     assert_eq!(mfa_events[0].status, CheckStatus::Pass as i32);
     assert_eq!(mfa_events[0].previous_score, first.score);
     assert_eq!(mfa_events[0].score, second.score);
-    assert!(
-        got.iter()
-            .any(|e| e.check == CheckKind::AlertResponse as i32
-                && e.previous_status == CheckStatus::Pass as i32)
-    );
+    for (kind, from, to) in [
+        (
+            CheckKind::AlertResponse,
+            CheckStatus::Pass,
+            CheckStatus::Fail,
+        ),
+        (CheckKind::EntraIdP2, CheckStatus::Pass, CheckStatus::Fail),
+        (
+            CheckKind::SecurityContact,
+            CheckStatus::Fail,
+            CheckStatus::Pass,
+        ),
+    ] {
+        let of_kind: Vec<_> = got.iter().filter(|e| e.check == kind as i32).collect();
+        assert_eq!(of_kind.len(), 1, "exactly one event for {kind:?}");
+        assert_eq!(
+            (of_kind[0].previous_status, of_kind[0].status),
+            (from as i32, to as i32)
+        );
+    }
 
     // Nothing changed: nothing announced.
     let third = h.evaluate().await;
@@ -307,7 +402,7 @@ async fn policy_changes_flip_checks_with_exactly_one_event_each() {
     let got = events.take(1).await;
     assert_eq!(got[0].check, CheckKind::GdapLeastPrivilege as i32);
     assert_eq!(got[0].status, CheckStatus::Warn as i32);
-    h.running.stop().await;
+    h.stop().await;
 }
 
 async fn sqlx_clear_dap(h: &Harness) {
@@ -351,7 +446,7 @@ async fn a_failing_customer_tenant_does_not_break_the_others() {
     assert_eq!(passing, 4, "customers 1, 2, 7 and 8 still pass");
     let customers = check(&status, CheckKind::CustomerAdminMfa);
     assert_eq!(customers.evidence["unknown"], "5");
-    h.running.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -417,5 +512,5 @@ async fn throttling_is_honoured_and_the_budget_never_exceeded() {
             );
         }
     }
-    h.running.stop().await;
+    h.stop().await;
 }

@@ -262,7 +262,7 @@ async fn the_api_evaluates_reports_pages_and_exports() {
         .await
         .unwrap_err();
     assert_eq!(too_often.code(), tonic::Code::InvalidArgument);
-    h.running.stop().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -436,5 +436,5 @@ async fn every_rpc_denies_other_partners_missing_scopes_and_no_credential() {
         };
         assert_eq!(code, expected, "{rpc} with compliance:read");
     }
-    h.running.stop().await;
+    h.stop().await;
 }
