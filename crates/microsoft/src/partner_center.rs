@@ -414,6 +414,23 @@ impl PartnerCenterClient {
         Ok(collection.items)
     }
 
+    /// `GET /v1/customers/{cid}/subscriptions`. An Azure plan's Azure subscription id is its
+    /// `entitlementId`, so this is how an alert's subscription is found (reference §7).
+    pub async fn list_subscriptions(
+        &self,
+        token: &str,
+        customer_id: &str,
+    ) -> Result<Vec<Subscription>, HttpError> {
+        let url = self.segments(&["v1", "customers", customer_id, "subscriptions"])?;
+        let value: serde_json::Value = self
+            .call(reqwest::Method::GET, url.clone(), token, false, None)
+            .await?;
+        let collection: Collection<Subscription> =
+            serde_json::from_value(lenient::camel_case_keys(value))
+                .map_err(|e| HttpError::malformed("GET", &url, e))?;
+        Ok(collection.items)
+    }
+
     /// `GET /v1/customers/{cid}/subscriptions/{sid}`.
     pub async fn get_subscription(
         &self,

@@ -575,24 +575,33 @@ impl Ingestor {
                 e.reseller_mpn_id = text(r, "mpn_id");
             }
             if !alert.subscription_id.is_empty() {
-                // The alert names the Azure subscription; for an Azure plan Partner Center's
-                // subscription id differs and the mapping is not documented (reference §7), so
-                // a 404 here is expected and only means "no name".
-                let sub = self
-                    .cached(&format!("subscription:{partner}:{}:{}", alert.customer_tenant_id, alert.subscription_id), || async {
+                // The alert names the Azure subscription. An Azure plan's Partner Center
+                // subscription carries it as `entitlementId`; a legacy one as its `id`.
+                let subscriptions = self
+                    .cached(&format!("subscriptions:{partner}:{}", alert.customer_tenant_id), || async {
                         let token = self.token(partner, Resource::PartnerCenter).await?;
-                        match self
+                        let list = self
                             .partner_center
-                            .get_subscription(&token, &alert.customer_tenant_id, &alert.subscription_id)
-                            .await
-                        {
-                            Ok(s) => Ok(serde_json::json!({"name": if s.friendly_name.is_empty() { s.offer_name } else { s.friendly_name }})),
-                            Err(e) if e.status() == Some(404) => Ok(serde_json::json!({"name": ""})),
-                            Err(e) => Err(e.into()),
-                        }
+                            .list_subscriptions(&token, &alert.customer_tenant_id)
+                            .await?;
+                        Ok(serde_json::Value::Array(
+                            list.into_iter()
+                                .map(|s| serde_json::json!({
+                                    "id": s.id, "entitlement_id": s.entitlement_id,
+                                    "name": if s.friendly_name.is_empty() { s.offer_name } else { s.friendly_name },
+                                }))
+                                .collect(),
+                        ))
                     })
                     .await?;
-                e.subscription_name = text(&sub, "name");
+                if let Some(found) = subscriptions.as_array().and_then(|list| {
+                    list.iter().find(|s| {
+                        text(s, "entitlement_id").eq_ignore_ascii_case(&alert.subscription_id)
+                            || text(s, "id").eq_ignore_ascii_case(&alert.subscription_id)
+                    })
+                }) {
+                    e.subscription_name = text(found, "name");
+                }
             }
         }
         if let Some(applied) = self

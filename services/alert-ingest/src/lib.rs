@@ -413,7 +413,18 @@ pub async fn start_with(
         });
     }
 
-    tasks.spawn(relay.run(settings.workers.outbox_interval, shutdown.clone()));
+    // SQLite has one writer: more relays there would only queue on it.
+    let relays = match database.backend() {
+        palisade_storage::Backend::Postgres => settings.workers.outbox_relays.max(1),
+        palisade_storage::Backend::Sqlite => 1,
+    };
+    for _ in 0..relays {
+        tasks.spawn(
+            relay
+                .clone()
+                .run(settings.workers.outbox_interval, shutdown.clone()),
+        );
+    }
     if settings.workers.enabled {
         let w = settings.workers.clone();
         tasks.spawn(workers::poll_loop(

@@ -39,6 +39,13 @@ pub struct WorkerSettings {
     pub write_back_max_delay: Duration,
     #[serde(with = "humantime_serde")]
     pub outbox_interval: Duration,
+    /// Outbox relays in this replica. Each publishes one batch at a time; on Postgres they take
+    /// disjoint batches (`SKIP LOCKED`), so publishing scales past one Redis round trip per
+    /// event. Order across relays is not kept: consumers order by the producer's time.
+    pub outbox_relays: usize,
+    /// The wait before a failed enrichment is tried again (Microsoft's `Retry-After` wins).
+    #[serde(with = "humantime_serde")]
+    pub enrichment_retry: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -53,6 +60,8 @@ impl Default for WorkerSettings {
             write_back_base_delay: Duration::from_secs(5),
             write_back_max_delay: Duration::from_secs(600),
             outbox_interval: Duration::from_millis(500),
+            outbox_relays: 4,
+            enrichment_retry: Duration::from_secs(300),
         }
     }
 }
@@ -184,7 +193,7 @@ pub async fn enrichment_loop(
                 for alert in alerts {
                     if let Err(e) = core.enrich(&alert).await {
                         tracing::debug!(alert_id = %alert.alert_id, error = %e, "enrichment failed; will retry");
-                        let wait = e.retry_after().unwrap_or(Duration::from_secs(300));
+                        let wait = e.retry_after().unwrap_or(settings.enrichment_retry);
                         let _ = core
                             .store
                             .enrichment_failed(

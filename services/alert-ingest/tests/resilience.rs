@@ -287,3 +287,69 @@ async fn throttling_and_server_errors_are_waited_out_without_tight_loops() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enrichment_fills_customer_reseller_and_subscription_and_its_failures_never_block_ingestion()
+ {
+    let world = World::new().await;
+    let partner = world.partner(0);
+    let control = world.sim.control();
+    // Partner Center's customer API is down: alerts must still be ingested.
+    control.inject_fault(
+        ms_sim::Fault::new(ms_sim::FaultKind::Status { status: 500 })
+            .on(ms_sim::Host::PartnerCenter)
+            .path("/customers"),
+    );
+    let a = world.start(world.settings("a")).await;
+    let mut client = client(a.grpc, Some(&world.admin)).await;
+    world.configure(&mut client, &partner, true, false, 1).await;
+    let expected = control.alerts(&partner).len();
+    eventually("ingested without enrichment", || {
+        let mut c = client.clone();
+        let p = partner.clone();
+        async move { all_alerts(&mut c, &p).await.len() == expected }
+    })
+    .await;
+    assert!(
+        all_alerts(&mut client, &partner)
+            .await
+            .iter()
+            .all(|a| !a.enriched && a.customer_domain.is_empty())
+    );
+    control.clear_faults();
+    eventually("every alert enriched once Partner Center is back", || {
+        let mut c = client.clone();
+        let p = partner.clone();
+        async move { all_alerts(&mut c, &p).await.iter().all(|a| a.enriched) }
+    })
+    .await;
+    let scenario = world.sim.scenario().partners[0].clone();
+    for alert in all_alerts(&mut client, &partner).await {
+        assert!(
+            !alert.customer_name.is_empty() && !alert.customer_domain.is_empty(),
+            "{alert:?}"
+        );
+        assert!(
+            !alert.subscription_name.is_empty(),
+            "the Azure plan is found by its entitlementId: {alert:?}"
+        );
+        let index = (0..scenario.customer_count).find(|i| {
+            scenario
+                .customer(*i)
+                .is_some_and(|c| c.tenant_id == alert.customer_tenant_id)
+        });
+        let customer = scenario.customer(index.unwrap()).unwrap();
+        assert_eq!(alert.customer_name, customer.display_name);
+        if let Some(reseller) = &customer.reseller {
+            assert_eq!(
+                (
+                    alert.reseller_tenant_id.as_str(),
+                    alert.reseller_name.as_str()
+                ),
+                (reseller.tenant_id.as_str(), reseller.name.as_str())
+            );
+            assert!(!alert.reseller_mpn_id.is_empty());
+        }
+    }
+    a.running.stop().await;
+}

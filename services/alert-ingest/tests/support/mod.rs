@@ -226,6 +226,7 @@ impl World {
         s.workers.write_back_base_delay = Duration::from_millis(100);
         s.workers.write_back_max_delay = Duration::from_millis(500);
         s.workers.outbox_interval = Duration::from_millis(50);
+        s.workers.enrichment_retry = Duration::from_millis(200);
         s
     }
 
