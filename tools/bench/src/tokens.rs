@@ -17,7 +17,7 @@ use secrecy::SecretString;
 
 use crate::loadgen::{self, Sample};
 
-async fn sign_in(authorize_url: &str, upn: &str) -> anyhow::Result<(String, String)> {
+pub(crate) async fn sign_in(authorize_url: &str, upn: &str) -> anyhow::Result<(String, String)> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
