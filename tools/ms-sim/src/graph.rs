@@ -417,13 +417,13 @@ async fn list_alerts(
         None => Vec::new(),
     };
     let size = top(&query, 100, 999)?;
-    let items: Vec<Value> = sim.with_alerts(partner, |alerts| {
-        alerts
-            .iter()
-            .map(|a| a.graph_json())
-            .filter(|a| matches(a, &clauses))
-            .collect()
-    });
+    // Render outside the world's lock: other tenants' calls need it too.
+    let alerts = sim.with_alerts(partner, |alerts| alerts.clone());
+    let items: Vec<Value> = alerts
+        .iter()
+        .map(|a| a.graph_json())
+        .filter(|a| matches(a, &clauses))
+        .collect();
     let body = page(
         &sim,
         "/beta/security/partner/securityAlerts",

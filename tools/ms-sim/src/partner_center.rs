@@ -295,20 +295,19 @@ async fn list_fraud_events(
         None
     };
     let partner = caller.partner(&sim);
-    let mut events: Vec<Value> = sim.with_alerts(partner, |alerts| {
-        alerts
-            .iter()
-            .rev()
-            .filter(|a| status.is_none_or(|s| a.status == s))
-            .filter(|a| {
-                subscription
-                    .as_deref()
-                    .is_none_or(|s| a.subscription_id == s)
-            })
-            .filter(|a| event_type.is_none_or(|t| a.alert_type.eq_ignore_ascii_case(t)))
-            .map(|a| a.fraud_event_json(new_model))
-            .collect()
-    });
+    let alerts = sim.with_alerts(partner, |alerts| alerts.clone());
+    let mut events: Vec<Value> = alerts
+        .iter()
+        .rev()
+        .filter(|a| status.is_none_or(|s| a.status == s))
+        .filter(|a| {
+            subscription
+                .as_deref()
+                .is_none_or(|s| a.subscription_id == s)
+        })
+        .filter(|a| event_type.is_none_or(|t| a.alert_type.eq_ignore_ascii_case(t)))
+        .map(|a| a.fraud_event_json(new_model))
+        .collect();
     if let Some((size, number)) = page {
         events = events
             .into_iter()
