@@ -142,7 +142,7 @@ pub struct Ingestor {
     pub clock: SharedClock,
     pub settings: IngestSettings,
     pub changes: broadcast::Sender<Change>,
-    pub relay: Option<palisade_queue::outbox::OutboxRelay>,
+    pub relay: Option<crate::outbox::BatchRelay>,
     pub metrics: IngestMetrics,
 }
 

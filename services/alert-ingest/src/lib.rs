@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod outbox;
 pub mod receiver;
 pub mod service;
 pub mod store;
@@ -325,7 +326,11 @@ pub async fn start_with(
     let queue = palisade_queue::connect(&settings.queue)
         .await
         .context("alert-ingest.queue")?;
-    let relay = palisade_queue::outbox::OutboxRelay::new(database.clone(), Arc::clone(&queue));
+    let relay = outbox::BatchRelay::new(
+        database.clone(),
+        Arc::clone(&queue),
+        settings.workers.outbox_batch,
+    );
 
     let http = reqwest::Client::builder()
         .timeout(settings.microsoft.request_timeout)

@@ -43,6 +43,8 @@ pub struct WorkerSettings {
     /// disjoint batches (`SKIP LOCKED`), so publishing scales past one Redis round trip per
     /// event. Order across relays is not kept: consumers order by the producer's time.
     pub outbox_relays: usize,
+    /// Events one relay publishes at once (concurrently; see `outbox`).
+    pub outbox_batch: usize,
     /// The wait before a failed enrichment is tried again (Microsoft's `Retry-After` wins).
     #[serde(with = "humantime_serde")]
     pub enrichment_retry: Duration,
@@ -60,7 +62,8 @@ impl Default for WorkerSettings {
             write_back_base_delay: Duration::from_secs(5),
             write_back_max_delay: Duration::from_secs(600),
             outbox_interval: Duration::from_millis(500),
-            outbox_relays: 4,
+            outbox_relays: 2,
+            outbox_batch: 500,
             enrichment_retry: Duration::from_secs(300),
         }
     }

@@ -501,3 +501,36 @@ backend_conformance!(
     polls_and_webhooks_are_leased_to_one_owner,
     polls_and_webhooks_are_leased_to_one_owner_body
 );
+
+async fn the_relay_publishes_every_committed_event_once_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    let batch: Vec<_> = (0..7)
+        .map(|n| graph(n, "active", "high", "CryptoMining", NOW - HOUR))
+        .collect();
+    store.ingest(&batch, NOW).await.unwrap();
+    let queue = palisade_queue::connect(&palisade_queue::QueueSettings {
+        key_prefix: format!("relay-{}", uuid::Uuid::new_v4().simple()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut consumer = queue.consumer("alerts", "g", "c").await.unwrap();
+    // Batches of 3: three rounds, in which a crash would leave the rest for the next relay.
+    let relay = palisade_alert_ingest::outbox::BatchRelay::new(store.database().clone(), queue, 3);
+    assert_eq!(relay.relay_once().await.unwrap(), 3);
+    assert_eq!(relay.relay_once().await.unwrap(), 3);
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    assert_eq!(relay.relay_once().await.unwrap(), 0);
+    assert_eq!(relay.pending().await.unwrap(), 0);
+    let got = consumer
+        .next_batch(100, std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    let ids: std::collections::HashSet<_> =
+        got.iter().map(|d| d.envelope.message_id.clone()).collect();
+    assert_eq!((got.len(), ids.len()), (7, 7));
+}
+backend_conformance!(
+    the_relay_publishes_every_committed_event_once,
+    the_relay_publishes_every_committed_event_once_body
+);
