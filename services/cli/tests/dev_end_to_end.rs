@@ -9,6 +9,35 @@ use std::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
+/// The demo partner: ms-sim's first partner for the fixed seed.
+fn partner() -> String {
+    ms_sim::scenario::derived_id(42, "partner0")
+}
+
+fn parsed(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// Polls until `check` is satisfied (the demo runs live in another process).
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 struct Dev(Child);
 
 impl Drop for Dev {
@@ -23,7 +52,7 @@ fn cli(dir: &Path, credential: &str, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env("PALISADE_CREDENTIAL", credential)
-        .env("PALISADE_PARTNER", "demo-partner")
+        .env("PALISADE_PARTNER", partner())
         .env_remove("PALISADE_CLI_CONFIG")
         .env("HOME", dir)
         .output()
@@ -36,7 +65,7 @@ fn the_quickstart_works_against_a_real_dev_process() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let dev = Dev(Command::new(BIN)
-        .args(["dev", "--exit-after", "120"])
+        .args(["dev", "--exit-after", "240", "--alert-every", "3"])
         .current_dir(&dir)
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
@@ -163,6 +192,134 @@ fn the_quickstart_works_against_a_real_dev_process() {
     assert_eq!(down.status.code(), Some(7));
     assert!(String::from_utf8_lossy(&down.stderr).contains("palisade dev"));
 
+    // The live demo: ms-sim raises alerts and fires signed webhooks; each one is ingested ...
+    let seeded = 12;
+    let alerts = eventually("a webhook-delivered alert", || {
+        let list = parsed(&cli(
+            &dir,
+            &credential,
+            &["alerts", "list", "--status", "active", "-o", "json"],
+        ));
+        let alerts = list["alerts"].as_array().cloned().unwrap_or_default();
+        (alerts.len() > seeded / 2
+            && alerts
+                .iter()
+                .any(|a| a["alert_type"] == "ARM_SuspiciousOperations"))
+        .then_some(alerts)
+    });
+    let status = parsed(&cli(
+        &dir,
+        &credential,
+        &["alerts", "ingestion-status", "-o", "json"],
+    ));
+    assert!(
+        status["last_webhook_at"].is_string(),
+        "a webhook arrived: {status}"
+    );
+    // ... and delivered: e-mails in three languages in the maildir, and the webhook channel's log.
+    let mail = dir.join(".palisade/notifications/mail/new");
+    let texts = eventually("notifications in the maildir", || {
+        let texts: Vec<String> = std::fs::read_dir(&mail)
+            .ok()?
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect();
+        (texts.iter().any(|t| t.contains("aiko@partner0.example"))
+            && texts.iter().any(|t| t.contains("camille@partner0.example")))
+        .then_some(texts)
+    });
+    assert!(
+        texts.iter().any(|t| t.contains("Content-Type")),
+        "real .eml files"
+    );
+    let hooks = dir.join(".palisade/notifications/http");
+    eventually("the webhook channel's log", || {
+        (std::fs::read_dir(&hooks).ok()?.count() > 0).then_some(())
+    });
+
+    // Resolved through the CLI, and the resolution reaches Microsoft (ms-sim's Graph).
+    let alert = alerts
+        .iter()
+        .find(|a| a["graph_alert_id"].as_str().is_some_and(|g| !g.is_empty()))
+        .expect("a Graph alert");
+    let id = alert["alert_id"].as_str().unwrap();
+    let graph_id = alert["graph_alert_id"].as_str().unwrap().to_owned();
+    let resolved = cli(
+        &dir,
+        &credential,
+        &[
+            "alerts",
+            "resolve",
+            id,
+            "--resolution",
+            "legitimate",
+            "--note",
+            "expected load test",
+        ],
+    );
+    assert!(
+        resolved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resolved.stderr)
+    );
+    let sim_alerts = format!("http://127.0.0.1:7000/_sim/partners/{}/alerts", partner());
+    eventually("the resolution written back to ms-sim", || {
+        let body: serde_json::Value = reqwest_get(&sim_alerts)?;
+        let written = body
+            .as_array()?
+            .iter()
+            .find(|a| a["id"] == graph_id.as_str())?
+            .clone();
+        (written["status"] == "resolved" && written["resolvedReason"] == "legitimate").then_some(())
+    });
+    let shown = parsed(&cli(
+        &dir,
+        &credential,
+        &["alerts", "show", id, "-o", "json"],
+    ));
+    assert_eq!(shown["alert"]["status"], "ALERT_STATUS_RESOLVED");
+
+    // Compliance shows the seeded failures: a service account without MFA, GDAP with Global
+    // Administrator.
+    let evaluate = cli(&dir, &credential, &["compliance", "evaluate"]);
+    assert!(
+        evaluate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&evaluate.stderr)
+    );
+    let findings = parsed(&cli(
+        &dir,
+        &credential,
+        &["compliance", "findings", "-o", "json"],
+    ));
+    let failing: Vec<String> = findings["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["outcome"] == "OUTCOME_FAIL")
+        .map(|f| f["check_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(!failing.is_empty(), "{findings}");
+    // The same command twice gives the same JSON (stable output for scripts).
+    let again = parsed(&cli(
+        &dir,
+        &credential,
+        &["compliance", "findings", "-o", "json"],
+    ));
+    assert_eq!(findings, again);
+
     drop(dev);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A GET against ms-sim's control API (plain HTTP/1.0 on loopback), parsed.
+fn reqwest_get(url: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
 }
