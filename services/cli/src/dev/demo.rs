@@ -345,7 +345,14 @@ pub async fn live(
         let spec = ms_sim::AlertSpec {
             customer_tenant_id: customer,
             alert_type: Some(types[round % types.len()].to_owned()),
-            severity: Some(if round % 3 == 0 { "high" } else { "medium" }.to_owned()),
+            severity: Some(
+                if round.is_multiple_of(3) {
+                    "high"
+                } else {
+                    "medium"
+                }
+                .to_owned(),
+            ),
             is_test: false,
         };
         if let Some(id) = control.raise_alert(&partner.tenant_id, &spec) {
