@@ -168,7 +168,7 @@ def check_compose():
     import subprocess
     compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
     services = compose["services"]
-    for required in ("postgres", "redis", "otel-collector", "jaeger", "token-broker", "alert-ingest", "notifier", "compliance"):
+    for required in ("postgres", "redis", "otel-collector", "jaeger", "ms-sim", "token-broker", "alert-ingest", "notifier", "compliance"):
         if required not in services:
             fail(f"compose: no {required} service")
     if "--appendonly" not in services["redis"]["command"] or "noeviction" not in services["redis"]["command"]:
@@ -177,7 +177,11 @@ def check_compose():
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
         for key, value in services[component]["environment"].items():
             # ${VAR:?message} must be supplied by the user; stand in a well-formed value.
-            env[key] = re.sub(r"\$\{[^}]+\}", "pal_0123456789abcdef_" + "A" * 43, str(value))
+            def stand_in(match):
+                if "KEK" in match.group(0):
+                    return "v1:" + "A" * 43 + "="
+                return "pal_0123456789abcdef_" + "A" * 43
+            env[key] = re.sub(r"\$\{[^}]+\}", stand_in, str(value))
         result = subprocess.run([str(BINARIES / f"palisade-{component}"), "check-config"], env=env,
                                 capture_output=True, text=True, timeout=60)
         if result.returncode != 0:

@@ -116,7 +116,8 @@ where
 }
 
 /// Environment values are text. They are read as the type the key's default has, so that
-/// `MAX_CONNECTIONS=20` fills a number and `PASSWORD=123456` still fills a string.
+/// `MAX_CONNECTIONS=20` fills a number, `PASSWORD=123456` still fills a string, and a list
+/// takes `a,b,c` (or a JSON array of strings).
 fn value_of(raw: &str, default: Option<&figment::value::Value>) -> figment::value::Value {
     use figment::value::Value;
     match default {
@@ -130,6 +131,18 @@ fn value_of(raw: &str, default: Option<&figment::value::Value>) -> figment::valu
             .parse::<bool>()
             .map(Value::from)
             .unwrap_or_else(|_| Value::from(raw.to_owned())),
+        Some(Value::Array(..)) => {
+            let items: Vec<String> = if raw.trim_start().starts_with('[') {
+                serde_json::from_str(raw).unwrap_or_else(|_| vec![raw.to_owned()])
+            } else {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            Value::from(items)
+        }
         _ => Value::from(raw.to_owned()),
     }
 }
@@ -305,6 +318,27 @@ mod tests {
         assert_eq!(settings.database.url, "123456");
         assert_eq!(settings.database.max_connections, 20);
         assert_eq!(settings.server.grpc_listen.port(), 7000);
+    }
+
+    #[test]
+    fn lists_take_commas_or_json() {
+        #[derive(Debug, serde::Serialize, serde::Deserialize, Default)]
+        struct Lists {
+            hosts: Vec<String>,
+            files: Vec<String>,
+        }
+        impl Validate for Lists {}
+        let loaded: Lists = load_from(
+            "svc",
+            None,
+            env(&[
+                ("PALISADE_SVC__HOSTS", "ms-sim, 127.0.0.1"),
+                ("PALISADE_SVC__FILES", r#"["/etc/a.pem","/etc/b,c.pem"]"#),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.hosts, ["ms-sim", "127.0.0.1"]);
+        assert_eq!(loaded.files, ["/etc/a.pem", "/etc/b,c.pem"]);
     }
 
     #[test]
