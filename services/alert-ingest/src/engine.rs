@@ -20,7 +20,7 @@ use palisade_microsoft::{
     partner_center::{FraudEventQuery, PartnerCenterClient},
     webhook::{self, WebhookEvent},
 };
-use prometheus_client::metrics::{counter::Counter, family::Family};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use tokio::sync::broadcast;
 
 use crate::{
@@ -89,11 +89,28 @@ pub struct IngestMetrics {
     pub ingested: Family<SourceLabel, Counter>,
     pub quarantined: Family<SourceLabel, Counter>,
     pub webhooks_rejected: Counter,
+    pub response_avg30d: Family<PartnerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub unresolved_over_24h: Family<PartnerLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PartnerLabel {
+    pub partner_tenant_id: String,
 }
 
 impl IngestMetrics {
     pub fn register(metrics: &palisade_telemetry::Metrics) -> Self {
         let m = Self::default();
+        metrics.register(
+            "alert_response_seconds_avg30d",
+            "Average seconds from detection to resolution over 30 days",
+            m.response_avg30d.clone(),
+        );
+        metrics.register(
+            "alert_unresolved_over_24h",
+            "Open alerts detected more than 24 hours ago",
+            m.unresolved_over_24h.clone(),
+        );
         metrics.register(
             "alerts_ingested",
             "Alert observations persisted, by source",
@@ -195,8 +212,8 @@ impl Ingestor {
         for item in items {
             let raw = item.to_string();
             let parsed = match source {
-                AlertSource::Graph => model::from_graph(partner_tenant_id, item),
-                _ => model::from_fraud_event(partner_tenant_id, item),
+                AlertSource::Graph => model::from_graph_with_text(partner_tenant_id, item, &raw),
+                _ => model::from_fraud_event_with_text(partner_tenant_id, item, &raw),
             };
             match parsed {
                 Ok(obs) => batch.push(obs),
@@ -526,6 +543,30 @@ impl Ingestor {
             });
         }
         Ok(outcome)
+    }
+
+    /// Refreshes the response-time gauges of every configured partner.
+    pub async fn refresh_gauges(&self) -> Result<(), crate::error::IngestError> {
+        const DAY_MS: i64 = 86_400_000;
+        let now = self.now();
+        for partner in self.store.partners().await? {
+            let times = self
+                .store
+                .response_times(&partner, now - 30 * DAY_MS, now + 1, DAY_MS)
+                .await?;
+            let label = PartnerLabel {
+                partner_tenant_id: partner,
+            };
+            self.metrics
+                .response_avg30d
+                .get_or_create(&label)
+                .set(times.average_ms / 1000.0);
+            self.metrics
+                .unresolved_over_24h
+                .get_or_create(&label)
+                .set(times.unresolved_over as i64);
+        }
+        Ok(())
     }
 
     /// Enriches one alert from Partner Center, through the TTL cache.

@@ -432,6 +432,7 @@ pub async fn start_with(
     }
     if settings.workers.enabled {
         let w = settings.workers.clone();
+        tasks.spawn(workers::gauge_loop(Arc::clone(&core), shutdown.clone()));
         tasks.spawn(workers::poll_loop(
             Arc::clone(&core),
             w.clone(),

@@ -185,6 +185,15 @@ pub fn alert_id_for(fingerprint: &str) -> String {
 /// Normalises one item of Graph's list.
 pub fn from_graph(partner_tenant_id: &str, raw: serde_json::Value) -> Result<Observation, String> {
     let text = raw.to_string();
+    from_graph_with_text(partner_tenant_id, raw, &text)
+}
+
+/// [`from_graph`] when the caller already has the payload's text (it keeps it for quarantine).
+pub fn from_graph_with_text(
+    partner_tenant_id: &str,
+    raw: serde_json::Value,
+    text: &str,
+) -> Result<Observation, String> {
     let a =
         SecurityAlert::from_value(raw).map_err(|e| format!("graph alert does not parse: {e}"))?;
     if a.id.trim().is_empty() {
@@ -250,7 +259,7 @@ pub fn from_graph(partner_tenant_id: &str, raw: serde_json::Value) -> Result<Obs
             String::new()
         },
         activity: activity(&a.activity_logs),
-        raw: text,
+        raw: text.to_owned(),
     })
 }
 
@@ -260,6 +269,15 @@ pub fn from_fraud_event(
     raw: serde_json::Value,
 ) -> Result<Observation, String> {
     let text = raw.to_string();
+    from_fraud_event_with_text(partner_tenant_id, raw, &text)
+}
+
+/// [`from_fraud_event`] when the caller already has the payload's text.
+pub fn from_fraud_event_with_text(
+    partner_tenant_id: &str,
+    raw: serde_json::Value,
+    text: &str,
+) -> Result<Observation, String> {
     let e = FraudEvent::from_value(raw).map_err(|e| format!("fraud event does not parse: {e}"))?;
     if e.event_id.trim().is_empty() {
         return Err("fraud event without an eventId".into());
@@ -334,7 +352,7 @@ pub fn from_fraud_event(
             String::new()
         },
         activity: activity(&e.activity_logs),
-        raw: text,
+        raw: text.to_owned(),
     })
 }
 

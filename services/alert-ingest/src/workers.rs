@@ -179,6 +179,19 @@ pub async fn inbox_loop(
     }
 }
 
+/// Keeps `palisade_alert_response_seconds_avg30d` and `palisade_alert_unresolved_over_24h` current.
+pub async fn gauge_loop(core: Arc<Ingestor>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Err(e) = core.refresh_gauges().await {
+            tracing::warn!(error = %e, "cannot refresh the response-time gauges");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
+
 /// Enriches new alerts; a failure never blocks ingestion, it is retried later.
 pub async fn enrichment_loop(
     core: Arc<Ingestor>,

@@ -331,6 +331,20 @@ async fn a_resolution_is_written_back_through_faults_and_is_idempotent() {
         .into_inner();
     assert!(times.resolved_in_window >= 1);
     assert_eq!(times.requirement_seconds, 86_400.0);
+    // The same numbers on /metrics, for the dashboard and alert rules.
+    let core = &instance.running.core;
+    core.refresh_gauges().await.unwrap();
+    let label = palisade_alert_ingest::engine::PartnerLabel {
+        partner_tenant_id: partner.clone(),
+    };
+    assert_eq!(
+        core.metrics.response_avg30d.get_or_create(&label).get(),
+        times.average_response_seconds
+    );
+    assert_eq!(
+        core.metrics.unresolved_over_24h.get_or_create(&label).get() as u64,
+        times.unresolved_older_than_requirement
+    );
     instance.running.stop().await;
 }
 

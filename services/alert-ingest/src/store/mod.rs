@@ -212,6 +212,8 @@ pub trait AlertStore: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> Result<()>;
     async fn get_ingestion(&self, partner_tenant_id: &str) -> Result<Option<IngestionSettings>>;
+    /// Every partner with ingestion configured.
+    async fn partners(&self) -> Result<Vec<String>>;
     async fn source_states(&self, partner_tenant_id: &str) -> Result<Vec<SourceState>>;
     /// Leases due polls for `owner` until `lease_until`; another replica sees them only when
     /// the lease has run out.

@@ -1011,6 +1011,14 @@ impl AlertStore for SqlStore {
         Ok(row.as_ref().map(settings_from_row))
     }
 
+    async fn partners(&self) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT partner_tenant_id FROM ingestion ORDER BY partner_tenant_id")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn source_states(&self, partner_tenant_id: &str) -> Result<Vec<SourceState>> {
         let rows = sqlx::query(
             "SELECT source, enabled, cursor_ms, last_attempt_at, last_success_at, last_error, polls FROM poll_state \
