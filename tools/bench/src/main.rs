@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod baselines;
 mod compliance;
 mod loadgen;
@@ -153,6 +154,34 @@ async fn main() -> anyhow::Result<()> {
             ),
             latency_quantiles_us: report::quantiles(&half.histogram),
         });
+    }
+    if args.wants("alerts") {
+        // The same number of alert-sized rows, raw, into the same Postgres, in the same run.
+        let n = if args.smoke { 400 } else { 40_000 };
+        let raw = baselines::raw_batched_insert(&args.database_url, n, 500).await?;
+        for (path, name) in [
+            (alerts::Path::Polling, "polling path (Graph pages of 500)"),
+            (alerts::Path::Webhook, "webhook path (inbox + fraudEvents pages of 100)"),
+        ] {
+            let rate = alerts::ingest(&args.database_url, &args.redis_url, n, 8, path).await?;
+            let ratio = rate / raw;
+            rows.push(Row {
+                workload: format!("alert-ingest: {name}"),
+                throughput_per_s: Some(rate),
+                p50_ms: None,
+                p99_ms: None,
+                baseline: "raw batched INSERT".into(),
+                baseline_value: Some(raw),
+                ratio: Some(ratio),
+                peak_rss_mib: rss::current_process_peak_mib(),
+                target: ">= 5000/s and >= 0.5x raw insert".into(),
+                met: Some(rate >= 5000.0 && ratio >= 0.5),
+                note: format!(
+                    "{n} alerts from 8 partners at once: normalised, row + history + outbox per page, published to Redis by the relay"
+                ),
+                latency_quantiles_us: Vec::new(),
+            });
+        }
     }
     if args.wants("streams") {
         let n = if args.smoke { 1_000 } else { 100_000 };
