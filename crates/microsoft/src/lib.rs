@@ -1,15 +1,16 @@
-//! HTTP clients for Entra ID, Partner Center and Microsoft Graph, exact to the wire.
+//! HTTP clients for Entra ID, Partner Center, Microsoft Graph and Key Vault, exact to the
+//! wire (`shared/reference/microsoft-apis.md`), and the Partner Center webhook verifier.
 //!
-//! Not written yet: issues #4, #5 and #7 bring the clients they need (token endpoint, Partner
-//! Center, Graph, webhook verification), tested against ms-sim. The crate stays in the layout
-//! so the services' dependency graph is visible from the start.
+//! Every client takes its base URL from configuration and nothing else: the same code talks to
+//! Microsoft in production and to ms-sim in tests. Parsers are lenient where Microsoft is
+//! inconsistent (string booleans and counts, zoneless times, JSON inside strings, either
+//! casing) and exact in what they send.
 
 pub mod entra;
-pub mod key_vault;
-
 pub mod graph_alerts;
-pub mod http;
-pub mod partner_center;
-pub mod webhook;
 pub mod graph_compliance;
+pub mod http;
+pub mod key_vault;
+pub mod partner_center;
 pub mod partner_center_reports;
+pub mod webhook;
