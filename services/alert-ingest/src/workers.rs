@@ -99,7 +99,9 @@ pub async fn poll_loop(core: Arc<Ingestor>, settings: WorkerSettings, shutdown: 
                         };
                         let core = Arc::clone(&core);
                         let owner = settings.replica.clone();
-                        let renew = settings.poll_lease / 3;
+                        // Renewed well inside the lease the claim got (at most one interval).
+                        let claim_lease = lease.min(claim.interval_ms.max(300));
+                        let renew = Duration::from_millis((claim_lease / 3).max(100) as u64);
                         running.spawn(async move {
                             let _permit = permit;
                             let poll = core.poll(&claim);
@@ -108,7 +110,7 @@ pub async fn poll_loop(core: Arc<Ingestor>, settings: WorkerSettings, shutdown: 
                                 tokio::select! {
                                     result = &mut poll => break result,
                                     () = tokio::time::sleep(renew) => {
-                                        let until = core.now() + lease;
+                                        let until = core.now() + claim_lease;
                                         if !core.store.extend_poll_lease(&claim, &owner, until).await.unwrap_or(true) {
                                             tracing::warn!(partner_tenant_id = %claim.partner_tenant_id, "poll lease lost; another replica took over");
                                         }

@@ -461,6 +461,33 @@ async fn polls_and_webhooks_are_leased_to_one_owner_body(backend: TestBackend) {
             .cursor_ms,
         Some(NOW - 5)
     );
+    // A partner polled every second: its lease lasts one interval, not the configured 60 s,
+    // so a dead replica's partner is taken over within two intervals.
+    store
+        .put_ingestion(
+            "fast",
+            &IngestionSettings {
+                graph_enabled: true,
+                poll_interval_seconds: 1,
+                ..Default::default()
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    let dead = store
+        .claim_due_polls("dead", NOW, NOW + 60_000, 10)
+        .await
+        .unwrap();
+    assert!(dead.iter().any(|c| c.partner_tenant_id == "fast"));
+    let taken = store
+        .claim_due_polls("alive", NOW + 1_001, NOW + 61_001, 10)
+        .await
+        .unwrap();
+    assert!(
+        taken.iter().any(|c| c.partner_tenant_id == "fast"),
+        "{taken:?}"
+    );
 
     assert!(
         store

@@ -215,8 +215,8 @@ pub trait AlertStore: Send + Sync + std::fmt::Debug {
     /// Every partner with ingestion configured.
     async fn partners(&self) -> Result<Vec<String>>;
     async fn source_states(&self, partner_tenant_id: &str) -> Result<Vec<SourceState>>;
-    /// Leases due polls for `owner` until `lease_until`; another replica sees them only when
-    /// the lease has run out.
+    /// Leases due polls for `owner` until `lease_until` (or one interval, if shorter); another
+    /// replica sees them only when the lease has run out.
     async fn claim_due_polls(
         &self,
         owner: &str,

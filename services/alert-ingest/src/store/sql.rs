@@ -1063,7 +1063,10 @@ impl AlertStore for SqlStore {
         limit: usize,
     ) -> Result<Vec<PollClaim>> {
         let sql = format!(
-            "UPDATE poll_state SET lease_owner = $1, lease_until = $2, last_attempt_at = $3 \
+            // A lease never outlasts the partner's interval, so a dead replica's partners are
+            // taken over within two intervals, however short.
+            "UPDATE poll_state SET lease_owner = $1, last_attempt_at = $3, \
+             lease_until = CASE WHEN $3 + interval_ms < $2 THEN $3 + interval_ms ELSE $2 END \
              WHERE (partner_tenant_id, source) IN (SELECT partner_tenant_id, source FROM poll_state \
              WHERE enabled = 1 AND next_poll_at <= $3 AND lease_until < $3 ORDER BY next_poll_at LIMIT $4{}) \
              RETURNING partner_tenant_id, source, cursor_ms, interval_ms",
