@@ -452,6 +452,34 @@ impl PartnerCenterClient {
             .map_err(|e| HttpError::malformed("GET", &url, e))
     }
 
+    /// Registers (or, when a registration exists, updates) the partner's webhook:
+    /// `POST /webhooks/v1/registration`, then `PUT` on 409. Returns the registration as sent back.
+    pub async fn register_webhook(
+        &self,
+        token: &str,
+        webhook_url: &str,
+        events: &[&str],
+    ) -> Result<serde_json::Value, HttpError> {
+        let url = self.url("webhooks/v1/registration")?;
+        let body = serde_json::json!({ "WebhookUrl": webhook_url, "WebhookEvents": events });
+        match self
+            .call(
+                reqwest::Method::POST,
+                url.clone(),
+                token,
+                false,
+                Some(&body),
+            )
+            .await
+        {
+            Err(e) if e.status() == Some(409) => {
+                self.call(reqwest::Method::PUT, url, token, false, Some(&body))
+                    .await
+            }
+            other => other,
+        }
+    }
+
     fn segments(&self, segments: &[&str]) -> Result<reqwest::Url, HttpError> {
         let mut url = self.base.clone();
         {

@@ -545,6 +545,31 @@ impl Ingestor {
         Ok(outcome)
     }
 
+    /// Registers the receiver's URL for the events alert-ingest acts on.
+    pub async fn register_webhook(
+        &self,
+        partner_tenant_id: &str,
+        url: &str,
+    ) -> Result<(), WorkError> {
+        let token = self
+            .token(partner_tenant_id, Resource::PartnerCenter)
+            .await?;
+        self.partner_center
+            .register_webhook(
+                &token,
+                url,
+                &[
+                    webhook::EVENT_FRAUD_DETECTED,
+                    webhook::EVENT_GDAP_EXPIRED,
+                    webhook::EVENT_GDAP_TERMINATED,
+                    webhook::EVENT_DAP_TERMINATED_BY_MICROSOFT,
+                ],
+            )
+            .await
+            .inspect_err(|e| self.on_error(partner_tenant_id, Resource::PartnerCenter, e))?;
+        Ok(())
+    }
+
     /// Refreshes the response-time gauges of every configured partner.
     pub async fn refresh_gauges(&self) -> Result<(), crate::error::IngestError> {
         const DAY_MS: i64 = 86_400_000;

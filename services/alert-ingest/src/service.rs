@@ -387,6 +387,17 @@ impl AlertService for AlertApi {
             .store
             .put_ingestion(&r.partner_tenant_id, &settings, self.core.now())
             .await?;
+        if !settings.webhook_url.is_empty() {
+            // Saved first: a registration that fails can be repeated by calling again.
+            self.core
+                .register_webhook(&r.partner_tenant_id, &settings.webhook_url)
+                .await
+                .map_err(|e| {
+                    IngestError::Unavailable(format!(
+                        "settings saved; webhook registration failed: {e}"
+                    ))
+                })?;
+        }
         Ok(Response::new(ConfigureIngestionResponse {
             settings: Some(settings),
         }))

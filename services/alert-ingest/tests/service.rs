@@ -26,10 +26,19 @@ async fn poll_webhook_and_legacy_collapse_to_one_alert_each_with_every_quirk_par
     let partner = world.partner(0);
     let mut client = client(instance.grpc, Some(&world.admin)).await;
     let mut events = world.consumer("alerts").await;
-    world
-        .register_webhook(&partner, &instance.webhook_url(&partner))
-        .await;
-    world.configure(&mut client, &partner, true, true, 1).await;
+    // Palisade registers its own receiver with Partner Center.
+    client
+        .configure_ingestion(pb::ConfigureIngestionRequest {
+            partner_tenant_id: partner.clone(),
+            settings: Some(pb::IngestionSettings {
+                graph_enabled: true,
+                fraud_events_enabled: true,
+                poll_interval_seconds: 1,
+                webhook_url: instance.webhook_url(&partner),
+            }),
+        })
+        .await
+        .unwrap();
 
     // A new alert arrives through all three doors: the webhook, the Graph poll and fraudEvents.
     let raised = world
