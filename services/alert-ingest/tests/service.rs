@@ -555,3 +555,103 @@ async fn bulk_resolve_streams_progress_and_watchers_see_every_change() {
     assert!(ignored_at_microsoft >= old_open.len());
     instance.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legacy_only_alert_is_written_back_with_the_fraud_events_post_and_one_request_id() {
+    let world = World::new().await;
+    let instance = world.start(world.settings("r1")).await;
+    let partner = world.partner(1);
+    let mut client = client(instance.grpc, Some(&world.admin)).await;
+    world.configure(&mut client, &partner, false, true, 1).await;
+    let id = world
+        .sim
+        .control()
+        .raise_alert(&partner, &ms_sim::AlertSpec::default())
+        .unwrap();
+    let expected = world.sim.control().alerts(&partner);
+    let raised = expected
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    eventually("the legacy poll stored every alert", || {
+        let mut c = client.clone();
+        let p = partner.clone();
+        let n = expected.len();
+        async move { all_alerts(&mut c, &p).await.len() == n }
+    })
+    .await;
+    let subscription = raised["subscriptionId"].as_str().unwrap().to_owned();
+    let alert = all_alerts(&mut client, &partner)
+        .await
+        .into_iter()
+        .find(|a| {
+            a.subscription_id == subscription
+                && a.status == AlertStatus::Active as i32
+                && a.graph_alert_id.is_empty()
+        })
+        .expect("the raised alert, known only to fraudEvents");
+    let control = world.sim.control();
+    control.inject_fault(
+        ms_sim::Fault::new(ms_sim::FaultKind::Status { status: 503 })
+            .path(&format!("subscription/{subscription}/status"))
+            .times(1),
+    );
+    client
+        .resolve_alert(pb::ResolveAlertRequest {
+            partner_tenant_id: partner.clone(),
+            alert_id: alert.alert_id.clone(),
+            resolution: Resolution::Legitimate as i32,
+            note: "our own load test".into(),
+        })
+        .await
+        .unwrap();
+    eventually("confirmed", || {
+        let mut c = client.clone();
+        let (p, a) = (partner.clone(), alert.alert_id.clone());
+        async move {
+            c.get_alert(pb::GetAlertRequest {
+                partner_tenant_id: p,
+                alert_id: a,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .alert
+            .unwrap()
+            .write_back_state
+                == WriteBackState::Confirmed as i32
+        }
+    })
+    .await;
+    let posts: Vec<_> = control
+        .requests(&ms_sim::RequestFilter {
+            path_contains: Some(format!("subscription/{subscription}/status")),
+            ..Default::default()
+        })
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(
+        posts.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 200]
+    );
+    assert!(posts[0].ms_request_id.is_some());
+    assert_eq!(
+        posts[0].ms_request_id, posts[1].ms_request_id,
+        "MS-RequestId is kept across a retry"
+    );
+    let at_microsoft = control
+        .alerts(&partner)
+        .into_iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(
+        (
+            at_microsoft["status"].as_str(),
+            at_microsoft["resolvedReason"].as_str()
+        ),
+        (Some("resolved"), Some("legitimate"))
+    );
+    instance.running.stop().await;
+}
