@@ -122,7 +122,8 @@ fn the_quickstart_works_against_a_real_dev_process() {
     );
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("valid JSON");
     assert_eq!(json["security_contact_complete"], true);
-    assert_eq!(json["compliance_contact_present"], false);
+    // The demo seeded the compliance contact.
+    assert_eq!(json["compliance_contact_present"], true);
 
     // Bad input: a clear error and exit code 6, nothing stored.
     let bad = cli(
@@ -291,14 +292,22 @@ fn the_quickstart_works_against_a_real_dev_process() {
         &credential,
         &["compliance", "findings", "-o", "json"],
     ));
-    let failing: Vec<String> = findings["findings"]
+    let failing: Vec<&str> = findings["findings"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|f| f["outcome"] == "OUTCOME_FAIL")
-        .map(|f| f["check_id"].as_str().unwrap_or_default().to_owned())
+        .filter(|f| f["status"] == "CHECK_STATUS_FAIL" && f["customer_tenant_id"] == "")
+        .filter_map(|f| f["check"].as_str())
         .collect();
-    assert!(!failing.is_empty(), "{findings}");
+    for seeded in [
+        "CHECK_KIND_MFA_ALL_USERS",
+        "CHECK_KIND_GDAP_LEAST_PRIVILEGE",
+    ] {
+        assert!(
+            failing.contains(&seeded),
+            "{seeded} should fail: {failing:?}"
+        );
+    }
     // The same command twice gives the same JSON (stable output for scripts).
     let again = parsed(&cli(
         &dir,
