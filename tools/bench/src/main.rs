@@ -161,7 +161,10 @@ async fn main() -> anyhow::Result<()> {
         let raw = baselines::raw_batched_insert(&args.database_url, n, 500).await?;
         for (path, name) in [
             (alerts::Path::Polling, "polling path (Graph pages of 500)"),
-            (alerts::Path::Webhook, "webhook path (inbox + fraudEvents pages of 100)"),
+            (
+                alerts::Path::Webhook,
+                "webhook path (inbox + fraudEvents pages of 100)",
+            ),
         ] {
             let rate = alerts::ingest(&args.database_url, &args.redis_url, n, 8, path).await?;
             let ratio = rate / raw;
