@@ -127,6 +127,7 @@ SECRET_STANDINS = {
     "DATABASE_URL": "postgres://palisade:placeholder@postgres:5432/palisade",
     "REDIS_URL": "redis://redis:6379",
     "PALISADE_NOTIFIER__KEK__KEYS": "v1:" + "A" * 43 + "=",
+    "PALISADE_TOKEN_BROKER__KEK__KEYS": "v1:" + "A" * 43 + "=",
 }
 # Services whose binary takes `check-config` (the shared service command line).
 CHECKABLE = {"token-broker", "alert-ingest", "compliance"}
