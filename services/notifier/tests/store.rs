@@ -731,3 +731,103 @@ backend_conformance!(
     out_of_order_events_never_move_state_backwards,
     out_of_order_events_never_move_state_backwards
 );
+
+async fn a_batch_ends_where_its_events_one_by_one_end(backend: TestBackend) {
+    let s = store(&backend).await;
+    let chain = PartnerSettings {
+        escalation: vec![EscalationStep {
+            after_minutes: 15,
+            recipients: vec![1],
+            channel_ids: vec![],
+        }],
+        ..Default::default()
+    };
+    // Duplicates, out-of-order times, two groups, a digest item and an escalation in the
+    // middle (applied one statement at a time inside the batch).
+    let events = |partner: &str| {
+        let key = |g: &str| format!("{partner}/{g}");
+        let event = |id: &str, fp: &str, g: &str, firing: bool, occurred: i64, now: i64| {
+            let mut add = group_add(&key(g), fp, firing);
+            add.summary = format!("{{\"id\":\"{id}\"}}");
+            add.group_wait_ms = 30_000 - now % 1000;
+            AppliedEvent {
+                message_id: format!("{partner}-{id}"),
+                partner_tenant_id: partner.into(),
+                now,
+                occurred_at: occurred,
+                item: Some(ItemUpdate {
+                    fingerprint: fp.into(),
+                    kind: "alert.raised".into(),
+                    open: firing,
+                    severity: 3,
+                    alert_type: format!("type-{id}"),
+                    customer_tenant_id: "c".into(),
+                    subscription_id: "s".into(),
+                    title: id.into(),
+                }),
+                groups: vec![add],
+                digests: vec![DigestAdd {
+                    route_id: "d".into(),
+                    fingerprint: fp.into(),
+                    summary: id.into(),
+                }],
+                ..Default::default()
+            }
+        };
+        let mut escalating = event("e", "fp-e", "g1", true, T + 7, T + 7);
+        escalating.escalation = Some(EscalationStart {
+            escalation_id: format!("esc-{partner}"),
+            fingerprint: "fp-e".into(),
+            chain_proto: chain.encode_to_vec(),
+            first_due_at: T + 60_000,
+            context: "{}".into(),
+        });
+        vec![
+            event("a", "fp-1", "g1", true, T + 5, T + 1),
+            event("b", "fp-1", "g1", false, T + 3, T + 2),
+            event("a", "fp-1", "g1", true, T + 5, T + 3),
+            event("c", "fp-2", "g2", true, T + 4, T + 4),
+            escalating,
+            event("d", "fp-1", "g1", false, T + 5, T + 8),
+            event("f", "fp-2", "g1", true, T + 9, T + 9),
+        ]
+    };
+    let mut one_by_one = Vec::new();
+    for e in events("one") {
+        one_by_one.push(s.apply_event(&e).await.unwrap());
+    }
+    let batched = s.apply_events(&events("all")).await.unwrap();
+    assert_eq!(batched, one_by_one);
+    assert_eq!(batched, [true, true, false, true, true, true, true]);
+    // And again: nothing is fresh twice.
+    assert!(
+        s.apply_events(&events("all"))
+            .await
+            .unwrap()
+            .iter()
+            .all(|f| !f)
+    );
+    for g in ["g1", "g2"] {
+        let mut a = s.load_group(&format!("one/{g}")).await.unwrap().unwrap();
+        let mut b = s.load_group(&format!("all/{g}")).await.unwrap().unwrap();
+        a.group_key.clear();
+        a.partner_tenant_id.clear();
+        b.group_key.clear();
+        b.partner_tenant_id.clear();
+        assert_eq!(a, b, "group {g}");
+    }
+    assert_eq!(
+        s.digest_stats("one", T + 10).await.unwrap(),
+        s.digest_stats("all", T + 10).await.unwrap()
+    );
+    assert_eq!(
+        s.list_digest_items("one").await.unwrap(),
+        s.list_digest_items("all").await.unwrap()
+    );
+    let escalations = s.due_escalations(T + 9_999_999, 10).await.unwrap();
+    assert_eq!(escalations.len(), 2, "one chain each: {escalations:?}");
+}
+backend_conformance!(
+    a_batch_ends_where_its_events_one_by_one_end,
+    a_batch_ends_where_its_events_one_by_one_end
+);

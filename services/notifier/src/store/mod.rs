@@ -372,4 +372,8 @@ pub trait NotifyStore: Send + Sync + 'static {
         filter: &DeliveryFilter,
     ) -> Result<Vec<(DeliveryRow, Vec<AttemptRecord>)>>;
     async fn redrive(&self, partner: &str, delivery_ids: &[String], now: i64) -> Result<u64>;
+
+    // Metrics.
+    /// Disabled channels per (partner, kind), and dead-lettered deliveries, for the gauges.
+    async fn metric_counts(&self) -> Result<(Vec<(String, i32, i64)>, i64)>;
 }

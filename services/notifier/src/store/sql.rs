@@ -103,38 +103,75 @@ fn escalation_from_row(r: &AnyRow) -> EscalationRow {
     }
 }
 
+/// `($1,$2,…),(…)`: placeholders for `rows` rows of `cols` values each.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Rows per multi-row statement: well under SQLite's 32,766 and Postgres's 65,535 binds.
+const ROWS_PER_STATEMENT: usize = 500;
+
 async fn insert_deliveries_in(
     conn: &mut sqlx::AnyConnection,
     deliveries: &[NewDelivery],
 ) -> Result<u64> {
+    // One statement per chunk: a fan-out is one round trip, not one per recipient.
     let mut inserted = 0;
-    for d in deliveries {
-        let res = sqlx::query(
+    for chunk in deliveries.chunks(ROWS_PER_STATEMENT / 2) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let p = |c: usize| format!("${}", r * 15 + c);
+                format!(
+                    "({},0,0,{},NULL,'',{},{})",
+                    (1..=13).map(p).collect::<Vec<_>>().join(","),
+                    p(14),
+                    p(15),
+                    p(15)
+                )
+            })
+            .collect();
+        let sql = format!(
             "INSERT INTO deliveries (delivery_id, partner_tenant_id, event_id, event_kind, \
              fingerprint, channel_kind, channel_id, recipient, target, language, subject, body, \
              status, attempts, retry_base, next_attempt_at, lease_until, last_error, created_at, \
-             updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,0,0,$14,NULL,'',$15,$15) \
-             ON CONFLICT (delivery_id) DO NOTHING",
-        )
-        .bind(&d.delivery_id)
-        .bind(&d.partner_tenant_id)
-        .bind(&d.event_id)
-        .bind(&d.event_kind)
-        .bind(&d.fingerprint)
-        .bind(i64::from(d.channel_kind))
-        .bind(&d.channel_id)
-        .bind(&d.recipient)
-        .bind(&d.target)
-        .bind(&d.language)
-        .bind(&d.subject)
-        .bind(&d.body)
-        .bind(DeliveryStatus::Planned as i32 as i64)
-        .bind(d.next_attempt_at)
-        .bind(d.created_at)
-        .execute(&mut *conn)
-        .await?;
-        inserted += res.rows_affected();
+             updated_at) VALUES {} ON CONFLICT (delivery_id) DO NOTHING",
+            rows.join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for d in chunk {
+            q = q
+                .bind(&d.delivery_id)
+                .bind(&d.partner_tenant_id)
+                .bind(&d.event_id)
+                .bind(&d.event_kind)
+                .bind(&d.fingerprint)
+                .bind(i64::from(d.channel_kind))
+                .bind(&d.channel_id)
+                .bind(&d.recipient)
+                .bind(&d.target)
+                .bind(&d.language)
+                .bind(&d.subject)
+                .bind(&d.body)
+                .bind(DeliveryStatus::Planned as i32 as i64)
+                .bind(d.next_attempt_at)
+                .bind(d.created_at);
+        }
+        inserted += q.execute(&mut *conn).await?.rows_affected();
     }
     Ok(inserted)
 }
@@ -154,6 +191,227 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
     if first == 0 {
         return Ok(false);
     }
+    apply_effects_in(tx, e).await?;
+    Ok(true)
+}
+
+/// Records a batch's message ids in one statement; `true` for each event seen for the first
+/// time (a repeat inside the batch counts once, at its first position).
+async fn claim_message_ids(
+    tx: &mut sqlx::AnyConnection,
+    events: &[AppliedEvent],
+) -> Result<Vec<bool>> {
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO processed_events (message_id, partner_tenant_id, processed_at) \
+             VALUES {} ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+            placeholders(chunk.len(), 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q.bind(&e.message_id).bind(&e.partner_tenant_id).bind(e.now);
+        }
+        for row in q.fetch_all(&mut *tx).await? {
+            inserted.insert(row.get::<String, _>(0));
+        }
+    }
+    Ok(events
+        .iter()
+        .map(|e| inserted.remove(&e.message_id))
+        .collect())
+}
+
+/// Whether an event touches escalations, whose checks read what earlier events wrote and
+/// so are applied one statement at a time.
+fn needs_sequential(e: &AppliedEvent) -> bool {
+    e.escalation.is_some() || e.stop_escalation_for.is_some()
+}
+
+/// The effects of a run of consecutive fresh events without escalation effects, in one
+/// multi-row statement per table, with the same end state as applying them one by one:
+/// per row, the latest by the producer's time wins (later in the batch on a tie). Rows are
+/// written in key order, so concurrent batches lock shared group rows in the same order
+/// and queue behind each other instead of deadlocking.
+async fn apply_run_in(tx: &mut sqlx::AnyConnection, run: &[&AppliedEvent]) -> Result<()> {
+    use std::collections::BTreeMap;
+    if run.is_empty() {
+        return Ok(());
+    }
+    let occurred = |e: &AppliedEvent| {
+        if e.occurred_at > 0 {
+            e.occurred_at
+        } else {
+            e.now
+        }
+    };
+    // items: (partner, fingerprint) -> (first seen, winning event)
+    let mut items: BTreeMap<(&str, &str), (i64, &AppliedEvent)> = BTreeMap::new();
+    // groups: key -> (first event, count, earliest due, last event's timers)
+    let mut groups: BTreeMap<&str, (&AppliedEvent, &GroupAdd, i64, i64, &GroupAdd)> =
+        BTreeMap::new();
+    let mut group_items: BTreeMap<(&str, &str), (i64, &GroupAdd)> = BTreeMap::new();
+    let mut digests: BTreeMap<(&str, &str, &str), (&AppliedEvent, &DigestAdd)> = BTreeMap::new();
+    for e in run {
+        let at = occurred(e);
+        if let Some(item) = &e.item {
+            items
+                .entry((&e.partner_tenant_id, &item.fingerprint))
+                .and_modify(|(_, w)| {
+                    if at >= occurred(w) {
+                        *w = e;
+                    }
+                })
+                .or_insert((at, e));
+        }
+        for g in &e.groups {
+            let due = e.now + g.group_wait_ms;
+            groups
+                .entry(&g.group_key)
+                .and_modify(|(_, _, n, earliest, last)| {
+                    *n += 1;
+                    *earliest = (*earliest).min(due);
+                    *last = g;
+                })
+                .or_insert((e, g, 1, due, g));
+            group_items
+                .entry((&g.group_key, &g.fingerprint))
+                .and_modify(|(w_at, w)| {
+                    if at >= *w_at {
+                        *w_at = at;
+                        *w = g;
+                    }
+                })
+                .or_insert((at, g));
+        }
+        for d in &e.digests {
+            digests.insert((&e.partner_tenant_id, &d.route_id, &d.fingerprint), (e, d));
+        }
+    }
+    let items: Vec<_> = items.into_iter().collect();
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO items (partner_tenant_id, fingerprint, kind, open, severity, \
+             alert_type, customer_tenant_id, subscription_id, title, first_seen_at, \
+             last_seen_at) VALUES {} \
+             ON CONFLICT (partner_tenant_id, fingerprint) DO UPDATE SET \
+             open = excluded.open, severity = excluded.severity, \
+             alert_type = excluded.alert_type, title = excluded.title, \
+             last_seen_at = excluded.last_seen_at \
+             WHERE items.last_seen_at <= excluded.last_seen_at",
+            placeholders(chunk.len(), 11)
+        );
+        let mut q = sqlx::query(&sql);
+        for (_, (first_seen, e)) in chunk {
+            let item = e.item.as_ref().expect("keyed by its item");
+            q = q
+                .bind(&e.partner_tenant_id)
+                .bind(&item.fingerprint)
+                .bind(&item.kind)
+                .bind(flag(item.open))
+                .bind(i64::from(item.severity))
+                .bind(&item.alert_type)
+                .bind(&item.customer_tenant_id)
+                .bind(&item.subscription_id)
+                .bind(&item.title)
+                .bind(*first_seen)
+                .bind(occurred(e));
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let groups: Vec<_> = groups.into_values().collect();
+    for chunk in groups.chunks(ROWS_PER_STATEMENT) {
+        // `version` carries how many events touched the group: a new row starts there, an
+        // existing one moves on by it, as it would one event at a time.
+        let sql = format!(
+            "INSERT INTO notify_groups (group_key, partner_tenant_id, route_id, version, \
+             created_at, next_flush_at, group_interval_ms, repeat_interval_ms, flush_seq, \
+             last_notified_at, last_notified_hash) VALUES {} \
+             ON CONFLICT (group_key) DO UPDATE SET \
+             version = notify_groups.version + excluded.version, \
+             group_interval_ms = excluded.group_interval_ms, \
+             repeat_interval_ms = excluded.repeat_interval_ms, \
+             next_flush_at = CASE WHEN notify_groups.last_notified_at IS NULL \
+               THEN (CASE WHEN excluded.next_flush_at < notify_groups.next_flush_at \
+                     THEN excluded.next_flush_at ELSE notify_groups.next_flush_at END) \
+               WHEN notify_groups.last_notified_at + excluded.group_interval_ms \
+                    < notify_groups.next_flush_at \
+               THEN notify_groups.last_notified_at + excluded.group_interval_ms \
+               ELSE notify_groups.next_flush_at END",
+            (0..chunk.len())
+                .map(|r| {
+                    let p = |c: usize| format!("${}", r * 8 + c);
+                    format!(
+                        "({},0,NULL,'')",
+                        (1..=8).map(p).collect::<Vec<_>>().join(",")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for (first, g, n, earliest, last) in chunk {
+            q = q
+                .bind(&g.group_key)
+                .bind(&first.partner_tenant_id)
+                .bind(&g.route_id)
+                .bind(*n)
+                .bind(first.now)
+                .bind(*earliest)
+                .bind(last.group_interval_ms)
+                .bind(last.repeat_interval_ms);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let group_items: Vec<_> = group_items.into_values().collect();
+    for chunk in group_items.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO group_items (group_key, fingerprint, kind, firing, severity, summary, \
+             updated_at) VALUES {} \
+             ON CONFLICT (group_key, fingerprint) DO UPDATE SET kind = excluded.kind, \
+             firing = excluded.firing, severity = excluded.severity, \
+             summary = excluded.summary, updated_at = excluded.updated_at \
+             WHERE group_items.updated_at <= excluded.updated_at",
+            placeholders(chunk.len(), 7)
+        );
+        let mut q = sqlx::query(&sql);
+        for (at, g) in chunk {
+            q = q
+                .bind(&g.group_key)
+                .bind(&g.fingerprint)
+                .bind(&g.kind)
+                .bind(flag(g.firing))
+                .bind(i64::from(g.severity))
+                .bind(&g.summary)
+                .bind(*at);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let digests: Vec<_> = digests.into_values().collect();
+    for chunk in digests.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO digest_items (partner_tenant_id, route_id, fingerprint, summary, \
+             added_at) VALUES {} \
+             ON CONFLICT (partner_tenant_id, route_id, fingerprint) DO UPDATE SET \
+             summary = excluded.summary, added_at = excluded.added_at",
+            placeholders(chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for (e, d) in chunk {
+            q = q
+                .bind(&e.partner_tenant_id)
+                .bind(&d.route_id)
+                .bind(&d.fingerprint)
+                .bind(&d.summary)
+                .bind(e.now);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// One fresh event's effects, one statement at a time.
+async fn apply_effects_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Result<()> {
     // Events can arrive out of order (a redelivery, a retried message); state only moves to
     // what happened later, judged by the producer's time.
     let occurred = if e.occurred_at > 0 {
@@ -307,7 +565,7 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
             .await?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 async fn record_attempt_in(
@@ -699,11 +957,21 @@ impl NotifyStore for SqlStore {
 
     async fn apply_events(&self, events: &[AppliedEvent]) -> Result<Vec<bool>> {
         // One commit for a whole batch: the commit (a WAL flush) is the cost that matters.
+        // A handful of multi-row statements per batch, so the transaction (and the group rows
+        // it locks) is held for a few round trips, not several per event.
         let mut tx = self.pool().begin().await?;
-        let mut fresh = Vec::with_capacity(events.len());
-        for e in events {
-            fresh.push(apply_event_in(&mut tx, e).await?);
+        let fresh = claim_message_ids(&mut tx, events).await?;
+        let mut run: Vec<&AppliedEvent> = Vec::new();
+        for (e, _) in events.iter().zip(&fresh).filter(|(_, f)| **f) {
+            if needs_sequential(e) {
+                apply_run_in(&mut tx, &run).await?;
+                run.clear();
+                apply_effects_in(&mut tx, e).await?;
+            } else {
+                run.push(e);
+            }
         }
+        apply_run_in(&mut tx, &run).await?;
         tx.commit().await?;
         Ok(fresh)
     }
@@ -1233,6 +1501,30 @@ impl NotifyStore for SqlStore {
             out.push((d, attempts));
         }
         Ok(out)
+    }
+
+    async fn metric_counts(&self) -> Result<(Vec<(String, i32, i64)>, i64)> {
+        let disabled = sqlx::query(
+            "SELECT partner_tenant_id, kind, COUNT(*) FROM channels WHERE enabled = 0 \
+             GROUP BY partner_tenant_id, kind",
+        )
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                r.get::<i64, _>(1) as i32,
+                r.get::<i64, _>(2),
+            )
+        })
+        .collect();
+        let dead = sqlx::query("SELECT COUNT(*) FROM deliveries WHERE status = $1")
+            .bind(DeliveryStatus::Dead as i32 as i64)
+            .fetch_one(self.pool())
+            .await?
+            .get::<i64, _>(0);
+        Ok((disabled, dead))
     }
 
     async fn redrive(&self, partner: &str, delivery_ids: &[String], now: i64) -> Result<u64> {
