@@ -20,6 +20,7 @@ use crate::{
     channels::{ChannelSecrets, SendOutcome},
     engine::{Notifier, stable_id},
     error::Result,
+    metrics::Outcome,
     store::{AttemptRecord, AttemptResult, ChannelRecord, DeliveryRow},
 };
 
@@ -237,6 +238,8 @@ impl Notifier {
                     self.store
                         .record_attempt(&attempt, AttemptResult::Suppressed, self.now())
                         .await?;
+                    self.metrics
+                        .attempt(d.delivery.channel_kind, Outcome::Suppressed);
                     return Ok(());
                 }
             }
@@ -295,7 +298,11 @@ impl Notifier {
     ) -> Result<()> {
         let now = self.now();
         let attempt = self.attempt_record(d, outcome.status, &outcome.detail, duration_ms);
+        let channel_kind = d.delivery.channel_kind;
         if outcome.success {
+            self.metrics.attempt(channel_kind, Outcome::Delivered);
+            self.metrics
+                .delivered_after(channel_kind, (now - d.delivery.created_at) as f64 / 1000.0);
             if let Some(c) = channel.filter(|c| c.failing_since.is_some()) {
                 self.store.record_channel_success(&c.channel_id).await?;
             }
@@ -328,6 +335,7 @@ impl Notifier {
                 self.store
                     .record_attempt(&attempt, AttemptResult::Dead, now)
                     .await?;
+                self.metrics.attempt(channel_kind, Outcome::Dead);
                 self.disable_and_tell(c, "the endpoint answered 410 Gone")
                     .await?;
                 return Ok(());
@@ -340,6 +348,7 @@ impl Notifier {
                 self.store
                     .record_attempt(&attempt, AttemptResult::Dead, now)
                     .await?;
+                self.metrics.attempt(channel_kind, Outcome::Dead);
                 let days = self.settings.disable_after.as_secs() / 86_400;
                 self.disable_and_tell(c, &format!("it failed continuously for {days} days"))
                     .await?;
@@ -350,6 +359,8 @@ impl Notifier {
             self.store
                 .record_attempt(&attempt, AttemptResult::Dead, now)
                 .await?;
+            self.metrics.attempt(channel_kind, Outcome::Dead);
+            self.refresh_gauges().await;
             return Ok(());
         }
         let result = match self.retry_delay(d, outcome) {
@@ -357,6 +368,12 @@ impl Notifier {
             None => AttemptResult::Dead,
         };
         self.store.record_attempt(&attempt, result, now).await?;
+        if result == AttemptResult::Dead {
+            self.metrics.attempt(channel_kind, Outcome::Dead);
+            self.refresh_gauges().await;
+        } else {
+            self.metrics.attempt(channel_kind, Outcome::Failed);
+        }
         Ok(())
     }
 
@@ -393,6 +410,7 @@ impl Notifier {
             .disable_channel(&channel.channel_id, reason)
             .await?;
         tracing::warn!(channel_id = %channel.channel_id, reason, "channel disabled");
+        self.refresh_gauges().await;
         let partner = &channel.partner_tenant_id;
         let settings = self.effective_settings(partner).await?;
         let destinations = self
@@ -523,7 +541,13 @@ impl Notifier {
 
     /// The long-running timer task: one poller over the due-time indexes.
     pub async fn timer_loop(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut gauges_read = Instant::now();
         while !shutdown.is_cancelled() {
+            // Other replicas disable channels and dead-letter deliveries too.
+            if gauges_read.elapsed() >= crate::metrics::GAUGE_REFRESH {
+                self.refresh_gauges().await;
+                gauges_read = Instant::now();
+            }
             if let Err(e) = self.run_timers().await {
                 tracing::error!(error = %e, "timers failed");
             }

@@ -213,6 +213,8 @@ pub struct Notifier {
     digest_done: Mutex<HashMap<String, String>>,
     last_digest_minute: std::sync::atomic::AtomicI64,
     partner_cache: Mutex<HashMap<String, (std::time::Instant, Arc<PartnerView>)>>,
+    /// The notifier's series on `/metrics` (unregistered unless [`Notifier::with_metrics`]).
+    pub(crate) metrics: crate::metrics::NotifyMetrics,
     /// Set while `dispatch_loop` runs: successful attempts are written in batches.
     pub(crate) success_writer:
         Mutex<Option<tokio::sync::mpsc::Sender<crate::store::AttemptRecord>>>,
@@ -271,6 +273,21 @@ impl Notifier {
             last_digest_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
             success_writer: Mutex::new(None),
             partner_cache: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::NotifyMetrics::register(None),
+        }
+    }
+
+    /// Exports the notifier's series through the service's registry.
+    pub fn with_metrics(mut self, registry: &palisade_telemetry::Metrics) -> Self {
+        self.metrics = crate::metrics::NotifyMetrics::register(Some(registry));
+        self
+    }
+
+    /// Reads the gauges (disabled channels, dead letters) from the store again.
+    pub async fn refresh_gauges(&self) {
+        match self.store.metric_counts().await {
+            Ok((disabled, dead)) => self.metrics.set_gauges(&disabled, dead),
+            Err(e) => tracing::warn!(error = %e, "reading the metric gauges failed"),
         }
     }
 

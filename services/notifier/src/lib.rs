@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod links;
+pub mod metrics;
 pub mod queue;
 pub mod routing;
 pub mod service;
@@ -194,13 +195,12 @@ pub async fn start(
     let cipher = build_cipher(&settings.kek)?;
     let senders = channels::Senders::new(settings.channels.clone())?;
     let store: Arc<dyn NotifyStore> = Arc::new(store);
-    let core = Arc::new(Notifier::new(
-        store,
-        cipher,
-        clock,
-        senders,
-        settings.engine.clone(),
-    ));
+    let registry = palisade_telemetry::Metrics::new();
+    let core = Arc::new(
+        Notifier::new(store, cipher, clock, senders, settings.engine.clone())
+            .with_metrics(&registry),
+    );
+    core.refresh_gauges().await;
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -235,7 +235,7 @@ pub async fn start(
         },
         routes: tonic::service::Routes::new(api),
         authenticator,
-        metrics: palisade_telemetry::Metrics::new(),
+        metrics: registry,
         readiness: palisade_server::always_ready(),
         shutdown: shutdown.clone(),
     });

@@ -494,6 +494,7 @@ impl NotificationService for NotificationApi {
         {
             return Err(NotifierError::NotFound("channel").into());
         }
+        self.core.refresh_gauges().await;
         Ok(Response::new(DeleteChannelResponse {}))
     }
 
@@ -819,6 +820,7 @@ impl NotificationService for NotificationApi {
             .redrive(&partner, &r.delivery_ids, self.core.now())
             .await?;
         self.core.wake_dispatch.notify_one();
+        self.core.refresh_gauges().await;
         Ok(Response::new(RedriveDeadLettersResponse { redriven }))
     }
 }
