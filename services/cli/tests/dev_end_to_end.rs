@@ -64,13 +64,14 @@ fn the_quickstart_works_against_a_real_dev_process() {
     let dir = std::env::temp_dir().join(format!("palisade-dev-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let dev = Dev(Command::new(BIN)
-        .args(["dev", "--exit-after", "240", "--alert-every", "3"])
+    let mut dev = Dev(Command::new(BIN)
+        .args(["dev", "--exit-after", "600", "--alert-every", "3"])
         .current_dir(&dir)
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // Kept, so a failure can show what `palisade dev` said.
+        .stderr(std::fs::File::create(dir.join("dev.log")).unwrap())
         .spawn()
         .expect("start palisade dev"));
 
@@ -84,9 +85,16 @@ fn the_quickstart_works_against_a_real_dev_process() {
                 break c;
             }
         }
+        if let Ok(Some(status)) = dev.0.try_wait() {
+            panic!(
+                "palisade dev exited ({status}): {}",
+                std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default()
+            );
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "palisade dev did not become ready"
+            started.elapsed() < Duration::from_secs(180),
+            "palisade dev did not become ready: {}",
+            std::fs::read_to_string(dir.join("dev.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
     };

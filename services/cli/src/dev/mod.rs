@@ -269,8 +269,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     loop {
         match demo::seed(&sim, &addresses, &admin).await {
             Ok(()) => break,
-            // The services start in the background: give them a few seconds.
-            Err(e) if attempt < 40 => {
+            // The services start in the background (migrations first); on a loaded machine
+            // that can take a while, so wait up to two minutes before giving up.
+            Err(e) if attempt < 480 => {
                 tracing::debug!(error = %format!("{e:#}"), "the demo seed waits for the services");
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(250)).await;
