@@ -55,22 +55,21 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        let (grpc_service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .map(|(s, m)| (s.to_owned(), m.to_owned()))
-            .unwrap_or_else(|| (path.clone(), String::new()));
+        // Borrowed from the path: the span copies what it keeps (when a subscriber wants the
+        // span at all), and the metrics handles are resolved once per method, so an RPC's
+        // bookkeeping allocates nothing beyond the span itself.
+        let path = request.uri().path();
+        let (grpc_service, method) = palisade_telemetry::split_grpc_path(path);
         let span = tracing::info_span!(
             "rpc",
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.service = %grpc_service,
-            rpc.method = %method,
+            rpc.service = grpc_service,
+            rpc.method = method,
             service = self.service,
         );
         palisade_telemetry::set_parent_from_headers(&span, request.headers());
-        let metrics = self.metrics.clone();
+        let metrics = self.metrics.method(path);
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(
@@ -91,12 +90,7 @@ where
                 if code != tonic::Code::Ok {
                     tracing::info!(code = ?code, "rpc failed");
                 }
-                metrics.record(
-                    &grpc_service,
-                    &method,
-                    code,
-                    started.elapsed().as_secs_f64(),
-                );
+                metrics.record(code, started.elapsed().as_secs_f64());
                 result
             }
             .instrument(span),

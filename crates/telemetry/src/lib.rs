@@ -19,7 +19,7 @@ use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerPro
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
 
-pub use metrics::{GrpcMetrics, Metrics};
+pub use metrics::{GrpcMetrics, MethodMetrics, Metrics, split_grpc_path};
 pub use propagation::{
     extract_grpc, extract_map, inject_grpc, inject_map, set_parent_from_grpc,
     set_parent_from_headers, set_parent_from_map, trace_context_map,

@@ -1,6 +1,9 @@
 //! The Prometheus registry every service registers into, and the RED metrics of its RPCs.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock, RwLock},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -67,12 +70,67 @@ pub struct MethodLabels {
 pub struct GrpcMetrics {
     requests: Family<RpcLabels, Counter>,
     duration: Family<MethodLabels, Histogram>,
+    /// Handles per request path, resolved once. Recording through `Family` needs an owned
+    /// label set per call: 5 string allocations, a hash of three strings and a map lookup
+    /// under the family's lock, about 2,500 instructions per RPC (callgrind); a resolved
+    /// handle is one read-locked lookup by `&str` and two atomic updates.
+    methods: Arc<RwLock<HashMap<Box<str>, Arc<MethodMetrics>>>>,
+}
+
+/// Paths remembered at most; beyond that (a client probing random paths) recording falls back
+/// to the allocating lookup, so the cache cannot grow without bound.
+const MAX_CACHED_PATHS: usize = 1024;
+
+/// The resolved metrics of one RPC method. They share their values with the families (a
+/// prometheus-client metric is an `Arc`), so `/metrics` renders them as before.
+pub struct MethodMetrics {
+    duration: Histogram,
+    /// One counter per gRPC code (0..=16), created the first time that code is seen.
+    codes: [OnceLock<Counter>; 17],
+    service: Box<str>,
+    method: Box<str>,
+    requests: Family<RpcLabels, Counter>,
+}
+
+impl std::fmt::Debug for MethodMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MethodMetrics")
+            .field("service", &self.service)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MethodMetrics {
+    /// Counts one request with its outcome and duration.
+    pub fn record(&self, code: tonic::Code, seconds: f64) {
+        let index = (code as i32).clamp(0, 16) as usize;
+        self.codes[index]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RpcLabels {
+                        service: self.service.to_string(),
+                        method: self.method.to_string(),
+                        code: format!("{code:?}"),
+                    })
+                    .clone()
+            })
+            .inc();
+        self.duration.observe(seconds);
+    }
 }
 
 impl std::fmt::Debug for GrpcMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("GrpcMetrics")
     }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`); anything else is all service.
+pub fn split_grpc_path(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""))
 }
 
 impl GrpcMetrics {
@@ -94,7 +152,42 @@ impl GrpcMetrics {
             "gRPC request duration by RPC",
             duration.clone(),
         );
-        Self { requests, duration }
+        Self {
+            requests,
+            duration,
+            methods: Arc::default(),
+        }
+    }
+
+    /// The resolved metrics of the RPC at `path` (`/pkg.Service/Method`), created on first use.
+    pub fn method(&self, path: &str) -> Arc<MethodMetrics> {
+        if let Some(found) = self
+            .methods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+        {
+            return Arc::clone(found);
+        }
+        let (service, method) = split_grpc_path(path);
+        let resolved = Arc::new(MethodMetrics {
+            duration: self
+                .duration
+                .get_or_create(&MethodLabels {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                })
+                .clone(),
+            codes: Default::default(),
+            service: service.into(),
+            method: method.into(),
+            requests: self.requests.clone(),
+        });
+        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        if methods.len() >= MAX_CACHED_PATHS {
+            return resolved;
+        }
+        Arc::clone(methods.entry(path.into()).or_insert(resolved))
     }
 
     pub fn record(&self, service: &str, method: &str, code: tonic::Code, seconds: f64) {
@@ -141,5 +234,31 @@ mod tests {
             text.contains("palisade_grpc_request_duration_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn resolved_method_handles_feed_the_same_series() {
+        let metrics = Metrics::new();
+        let grpc = GrpcMetrics::register(&metrics);
+        let path = "/palisade.alerts.v1.AlertService/ListAlerts";
+        grpc.method(path).record(tonic::Code::Ok, 0.003);
+        grpc.method(path).record(tonic::Code::Ok, 0.002);
+        grpc.method(path).record(tonic::Code::NotFound, 0.001);
+        grpc.record(
+            "palisade.alerts.v1.AlertService",
+            "ListAlerts",
+            tonic::Code::Ok,
+            0.001,
+        );
+        assert!(Arc::ptr_eq(&grpc.method(path), &grpc.method(path)));
+        let text = metrics.render();
+        assert!(text.contains("palisade_grpc_requests_total{service=\"palisade.alerts.v1.AlertService\",method=\"ListAlerts\",code=\"Ok\"} 3"), "{text}");
+        assert!(text.contains("code=\"NotFound\"} 1"), "{text}");
+        assert!(
+            text.contains("palisade_grpc_request_duration_seconds_count{service=\"palisade.alerts.v1.AlertService\",method=\"ListAlerts\"} 4"),
+            "{text}"
+        );
+        assert_eq!(split_grpc_path("/a.B/C"), ("a.B", "C"));
+        assert_eq!(split_grpc_path("/odd"), ("/odd", ""));
     }
 }
