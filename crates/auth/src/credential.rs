@@ -118,16 +118,26 @@ pub fn generate_secret() -> (String, String, String) {
 
 /// `pal_<id>_<secret>` → `(id, sha256(secret))`.
 pub fn parse_secret(full: &str) -> Option<(String, String)> {
+    let (id, secret) = split_secret(full)?;
+    Some((id.to_owned(), hash_secret(secret)))
+}
+
+/// `pal_<id>_<secret>` → `(id, secret)`, borrowed: the per-RPC check allocates nothing.
+pub(crate) fn split_secret(full: &str) -> Option<(&str, &str)> {
     let rest = full.trim().strip_prefix("pal_")?;
     let (id, secret) = rest.split_once('_')?;
     if id.len() != 16 || !id.chars().all(|c| c.is_ascii_hexdigit()) || secret.len() < 32 {
         return None;
     }
-    Some((id.to_owned(), hash_secret(secret)))
+    Some((id, secret))
+}
+
+pub(crate) fn secret_digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
 }
 
 pub(crate) fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    hex::encode(secret_digest(secret))
 }
 
 #[cfg(test)]

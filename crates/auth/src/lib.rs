@@ -59,7 +59,18 @@ pub fn authorize<T>(
     partner_tenant_id: &str,
     scope: Scope,
 ) -> Result<Principal, tonic::Status> {
-    let principal = principal(request)?;
+    authorize_ref(request, partner_tenant_id, scope).cloned()
+}
+
+/// [`authorize`] without copying the principal, for hot paths that only read it.
+pub fn authorize_ref<'r, T>(
+    request: &'r tonic::Request<T>,
+    partner_tenant_id: &str,
+    scope: Scope,
+) -> Result<&'r Principal, tonic::Status> {
+    let principal = request.extensions().get::<Principal>().ok_or_else(|| {
+        tonic::Status::unauthenticated("missing credential: send `authorization: Bearer pal_…`")
+    })?;
     if partner_tenant_id.trim().is_empty() {
         return Err(tonic::Status::invalid_argument(
             "partner_tenant_id is required",
