@@ -311,6 +311,25 @@ enum StoredCredential {
 
 type UsageKey = (String, i64, String, String, String);
 
+/// Cache-hit and issue counts of one (partner, target, resource) for the callers and minutes
+/// seen since the last flush. Kept under the token's cache key, so that counting a hit is a
+/// lookup by `&str` and a short scan: no allocation. The old map, keyed by an owned 5-tuple,
+/// allocated four strings on every hit (about 2,100 instructions per hit, callgrind).
+struct UsageCounts {
+    partner: String,
+    target: String,
+    resource: &'static str,
+    /// Few entries: the callers of one key within the flush interval (one per minute each).
+    cells: Vec<UsageCell>,
+}
+
+struct UsageCell {
+    caller: String,
+    minute: i64,
+    hits: i64,
+    issued: i64,
+}
+
 /// Metrics the broker exports (`palisade_tokens_issued_total`, `…_cache_hits_total`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HealthLabels {
@@ -386,7 +405,7 @@ pub struct Broker {
     cache: RwLock<HashMap<String, Arc<Cached>>>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     identities: Mutex<HashMap<String, (i64, AppIdentity)>>,
-    usage: Mutex<HashMap<UsageKey, (i64, i64)>>,
+    usage: Mutex<HashMap<String, UsageCounts>>,
     relay: Mutex<Option<OutboxRelay>>,
     metrics: BrokerMetrics,
     pub fail_points: FailPoints,
@@ -402,7 +421,24 @@ impl std::fmt::Debug for Broker {
 }
 
 fn cache_key(partner: &str, target: &str, resource: &ResourceSpec) -> String {
-    format!("{partner}|{target}|{}", resource.key())
+    // Built by hand: `format!` costs about 1,900 instructions per hit here, this about 150.
+    let custom = match resource {
+        ResourceSpec::Custom(scope) => scope.as_str(),
+        _ => "",
+    };
+    let mut key = String::with_capacity(partner.len() + target.len() + custom.len() + 16);
+    key.push_str(partner);
+    key.push('|');
+    key.push_str(target);
+    key.push('|');
+    match resource {
+        ResourceSpec::Custom(_) => {
+            key.push_str("custom:");
+            key.push_str(custom);
+        }
+        other => key.push_str(other.name()),
+    }
+    key
 }
 
 fn new_id() -> String {
@@ -1261,31 +1297,77 @@ impl Broker {
         (entry.expires_at - self.settings.min_remaining.as_millis() as i64 > now).then_some(entry)
     }
 
-    fn count(&self, caller: &str, partner: &str, target: &str, resource: &str, hit: bool) {
+    /// Counts a hit or an issue for (caller, partner, target, resource) in the current minute;
+    /// `key` is the token's cache key for (partner, target, resource).
+    fn count(
+        &self,
+        key: &str,
+        caller: &str,
+        partner: &str,
+        target: &str,
+        resource: &ResourceSpec,
+        hit: bool,
+    ) {
         let minute = self.now() / 60_000 * 60_000;
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = usage
-            .entry((
-                partner.to_owned(),
-                minute,
-                caller.to_owned(),
-                target.to_owned(),
-                resource.to_owned(),
-            ))
-            .or_default();
+        let counts = match usage.get_mut(key) {
+            Some(counts) => counts,
+            None => usage.entry(key.to_owned()).or_insert_with(|| UsageCounts {
+                partner: partner.to_owned(),
+                target: target.to_owned(),
+                resource: resource.name(),
+                cells: Vec::new(),
+            }),
+        };
+        let index = match counts
+            .cells
+            .iter()
+            .position(|c| c.minute == minute && c.caller == caller)
+        {
+            Some(index) => index,
+            None => {
+                counts.cells.push(UsageCell {
+                    caller: caller.to_owned(),
+                    minute,
+                    hits: 0,
+                    issued: 0,
+                });
+                counts.cells.len() - 1
+            }
+        };
+        let cell = &mut counts.cells[index];
         if hit {
-            entry.0 += 1;
+            cell.hits += 1;
         } else {
-            entry.1 += 1;
+            cell.issued += 1;
         }
     }
 
     /// Writes the counted usage (every `usage_flush_interval`, and at shutdown).
     pub async fn flush_usage(&self) -> Result<()> {
         let drained: Vec<UsageRow> = {
-            let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-            usage
-                .drain()
+            let drained =
+                std::mem::take(&mut *self.usage.lock().unwrap_or_else(|e| e.into_inner()));
+            // Merged per row key: two custom scopes of one (partner, target) share the
+            // resource name "custom".
+            let mut merged: HashMap<UsageKey, (i64, i64)> = HashMap::new();
+            for counts in drained.into_values() {
+                for cell in counts.cells {
+                    let entry = merged
+                        .entry((
+                            counts.partner.clone(),
+                            cell.minute,
+                            cell.caller,
+                            counts.target.clone(),
+                            counts.resource.to_owned(),
+                        ))
+                        .or_default();
+                    entry.0 += cell.hits;
+                    entry.1 += cell.issued;
+                }
+            }
+            merged
+                .into_iter()
                 .map(
                     |((partner, minute, caller, target, resource), (hits, issued))| UsageRow {
                         partner_tenant_id: partner,
@@ -1303,17 +1385,23 @@ impl Broker {
             // Put the counts back: usage is lost only if the process dies before a retry.
             let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
             for row in drained {
-                let entry = usage
-                    .entry((
-                        row.partner_tenant_id,
-                        row.minute,
-                        row.caller,
-                        row.target_tenant_id,
-                        row.resource,
-                    ))
-                    .or_default();
-                entry.0 += row.cache_hits;
-                entry.1 += row.issued;
+                let resource = ResourceSpec::parse_name(&row.resource).unwrap_or("custom");
+                let key = format!(
+                    "{}|{}|{resource}",
+                    row.partner_tenant_id, row.target_tenant_id
+                );
+                let counts = usage.entry(key).or_insert_with(|| UsageCounts {
+                    partner: row.partner_tenant_id.clone(),
+                    target: row.target_tenant_id.clone(),
+                    resource,
+                    cells: Vec::new(),
+                });
+                counts.cells.push(UsageCell {
+                    caller: row.caller,
+                    minute: row.minute,
+                    hits: row.cache_hits,
+                    issued: row.issued,
+                });
             }
             return Err(e);
         }
@@ -1409,7 +1497,7 @@ impl Broker {
                 });
             }
             self.metrics.cache_hits.inc();
-            self.count(caller, partner, target, resource.name(), true);
+            self.count(&key, caller, partner, target, resource, true);
             return Ok(Issued {
                 access_token: hit.access_token.clone(),
                 token_type: hit.token_type.clone(),
@@ -1425,7 +1513,7 @@ impl Broker {
             && (!force || hit.obtained_at >= started)
         {
             self.metrics.cache_hits.inc();
-            self.count(caller, partner, target, resource.name(), true);
+            self.count(&key, caller, partner, target, resource, true);
             return Ok(Issued {
                 access_token: hit.access_token.clone(),
                 token_type: hit.token_type.clone(),
@@ -1438,7 +1526,7 @@ impl Broker {
         let issued = self
             .refresh(&key, partner, target, resource, newer_than, caller)
             .await?;
-        self.count(caller, partner, target, resource.name(), issued.from_cache);
+        self.count(&key, caller, partner, target, resource, issued.from_cache);
         Ok(issued)
     }
 

@@ -431,12 +431,10 @@ impl TokenBrokerService for TokenBrokerApi {
         &self,
         request: Request<pb::GetAccessTokenRequest>,
     ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
-        let principal = palisade_auth::authorize(
-            &request,
-            &request.get_ref().partner_tenant_id,
-            Scope::TokensIssue,
-        )?;
-        let r = request.into_inner();
+        // The hot path: the principal is borrowed from the request, not copied.
+        let r = request.get_ref();
+        let principal =
+            palisade_auth::authorize_ref(&request, &r.partner_tenant_id, Scope::TokensIssue)?;
         let resource = ResourceSpec::from_request(r.resource, &r.custom_scope)?;
         if !self.broker.may_issue(&principal.credential_id, &resource) {
             return Err(Status::permission_denied(format!(
