@@ -60,7 +60,10 @@ where
         // bookkeeping allocates nothing beyond the span itself.
         let path = request.uri().path();
         let (grpc_service, method) = palisade_telemetry::split_grpc_path(path);
+        // Only the trace exporter takes this span (see `palisade_telemetry::init`); without
+        // one it is disabled and costs a callsite check.
         let span = tracing::info_span!(
+            target: palisade_telemetry::RPC_SPAN_TARGET,
             "rpc",
             otel.kind = "server",
             rpc.system = "grpc",
@@ -71,6 +74,7 @@ where
         palisade_telemetry::set_parent_from_headers(&span, request.headers());
         let metrics = self.metrics.method(path);
         let started = Instant::now();
+        let failed_path = request.uri().path_and_query().cloned();
         let future = self.inner.call(request);
         Box::pin(
             async move {
@@ -88,7 +92,16 @@ where
                     Err(_) => tonic::Code::Unavailable,
                 };
                 if code != tonic::Code::Ok {
-                    tracing::info!(code = ?code, "rpc failed");
+                    // The log layer does not see the span, so the line names the RPC itself.
+                    let (rpc_service, rpc_method) = palisade_telemetry::split_grpc_path(
+                        failed_path.as_ref().map_or("", |p| p.path()),
+                    );
+                    tracing::info!(
+                        rpc.service = rpc_service,
+                        rpc.method = rpc_method,
+                        code = ?code,
+                        "rpc failed"
+                    );
                 }
                 metrics.record(code, started.elapsed().as_secs_f64());
                 result
