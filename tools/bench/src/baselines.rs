@@ -13,8 +13,12 @@ use crate::{
     loadgen::{self, Sample},
 };
 
+/// Echoes the request, or answers with a fixed reply (copied per call, as a handler copies a
+/// cached value) to match a workload's response size.
 #[derive(Default)]
-struct Echo;
+struct Echo {
+    reply: Option<String>,
+}
 
 #[tonic::async_trait]
 impl echo_service_server::EchoService for Echo {
@@ -22,19 +26,24 @@ impl echo_service_server::EchoService for Echo {
         &self,
         request: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
-        Ok(tonic::Response::new(EchoResponse {
-            payload: request.into_inner().payload,
-        }))
+        let payload = match &self.reply {
+            Some(reply) => reply.clone(),
+            None => request.into_inner().payload,
+        };
+        Ok(tonic::Response::new(EchoResponse { payload }))
     }
 }
 
-/// Starts a bare tonic echo server on loopback.
-pub async fn start_echo() -> anyhow::Result<SocketAddr> {
+/// Starts a bare tonic echo server on loopback; `reply_len` > 0 fixes the reply's size.
+pub async fn start_echo(reply_len: usize) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let echo = Echo {
+        reply: (reply_len > 0).then(|| "x".repeat(reply_len)),
+    };
     tokio::spawn(
         Server::builder()
-            .add_service(echo_service_server::EchoServiceServer::new(Echo))
+            .add_service(echo_service_server::EchoServiceServer::new(echo))
             .serve_with_incoming(tokio_stream_adapter(listener)),
     );
     Ok(addr)
@@ -53,8 +62,9 @@ fn tokio_stream_adapter(
 }
 
 /// Unary echo calls with the shared load generator: (max throughput, latency at half of it).
-pub async fn grpc_echo(duration: Duration) -> anyhow::Result<(Sample, Sample)> {
-    let addr = start_echo().await?;
+/// The request carries 64 bytes; the reply echoes them, or is `reply_len` bytes when > 0.
+pub async fn grpc_echo(duration: Duration, reply_len: usize) -> anyhow::Result<(Sample, Sample)> {
+    let addr = start_echo(reply_len).await?;
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;

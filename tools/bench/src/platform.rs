@@ -48,11 +48,11 @@ pub async fn authenticated_unary(
         .connect()
         .await?;
     let secret = secrecy::SecretString::from(secret);
+    // One interceptor, as a real client keeps one (see tokens.rs).
+    let interceptor = BearerInterceptor::new(Some(&secret));
     let op = move |_i: u64| {
-        let mut client = CredentialServiceClient::with_interceptor(
-            channel.clone(),
-            BearerInterceptor::new(Some(&secret)),
-        );
+        let mut client =
+            CredentialServiceClient::with_interceptor(channel.clone(), interceptor.clone());
         async move {
             client.who_am_i(WhoAmIRequest {}).await?;
             Ok(())

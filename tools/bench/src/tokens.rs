@@ -41,7 +41,35 @@ pub(crate) async fn sign_in(authorize_url: &str, upn: &str) -> anyhow::Result<(S
     Ok((get("code"), get("state")))
 }
 
-pub async fn cached_get_access_token(duration: Duration) -> anyhow::Result<(Sample, Sample)> {
+/// A broker with a warm cache and a client for it, measured as often as the caller likes.
+pub struct CachedTokens {
+    op: Op,
+    running: palisade_token_broker::Running,
+    sim: ms_sim::MsSim,
+    dir: std::path::PathBuf,
+    /// Bytes of the access token each call returns (the echo baseline can match it).
+    pub token_len: usize,
+}
+
+type Op = std::sync::Arc<
+    dyn Fn(u64) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync,
+>;
+
+impl CachedTokens {
+    /// Max throughput, then latency at half of it: one round.
+    pub async fn measure(&self, duration: Duration) -> (Sample, Sample) {
+        let op = self.op.clone();
+        loadgen::max_then_half(duration, move |i| op(i)).await
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await;
+        self.sim.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn cached_get_access_token() -> anyhow::Result<CachedTokens> {
     let sim = ms_sim::start(ms_sim::SimConfig::default()).await?;
     let partner = sim.scenario().partners[0].clone();
     let dir = std::env::temp_dir().join(format!(
@@ -122,22 +150,30 @@ pub async fn cached_get_access_token(duration: Duration) -> anyhow::Result<(Samp
         force_refresh: false,
     };
     // Fill the cache: the one redemption of the run.
-    client.get_access_token(request.clone()).await?;
-    let op = move |_i: u64| {
-        let mut client = TokenBrokerServiceClient::with_interceptor(
-            channel.clone(),
-            BearerInterceptor::new(Some(&secret)),
-        );
+    let token_len = client
+        .get_access_token(request.clone())
+        .await?
+        .into_inner()
+        .access_token
+        .len();
+    // One interceptor, as a real client keeps one: formatting the header per call would
+    // charge the client's work to the server under test.
+    let interceptor = BearerInterceptor::new(Some(&secret));
+    let op: Op = std::sync::Arc::new(move |_i: u64| {
+        let mut client =
+            TokenBrokerServiceClient::with_interceptor(channel.clone(), interceptor.clone());
         let request = request.clone();
-        async move {
+        Box::pin(async move {
             let token = client.get_access_token(request).await?.into_inner();
             anyhow::ensure!(token.from_cache, "a cache miss during the measurement");
             Ok(())
-        }
-    };
-    let result = loadgen::max_then_half(duration, op).await;
-    running.stop().await;
-    sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(result)
+        })
+    });
+    Ok(CachedTokens {
+        op,
+        running,
+        sim,
+        dir,
+        token_len,
+    })
 }
