@@ -16,6 +16,7 @@
 mod in_process;
 pub mod outbox;
 mod redis_streams;
+mod sampler;
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use in_process::InProcessQueue;
 pub use redis_streams::{RedisQueue, eviction_policy_is_safe};
+pub use sampler::PlatformSampler;
 
 /// The envelope version this build writes and understands.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -71,6 +73,9 @@ pub struct QueueSettings {
     /// Approximate stream length kept for late consumer groups and inspection.
     pub max_stream_length: usize,
     pub allow_unsafe_eviction_policy: bool,
+    /// How often `/metrics` re-reads queue depth, pending, lag, dead letters and outbox rows.
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
 }
 
 impl Default for QueueSettings {
@@ -83,6 +88,7 @@ impl Default for QueueSettings {
             max_receives: 5,
             max_stream_length: 100_000,
             allow_unsafe_eviction_policy: false,
+            sample_interval: Duration::from_secs(15),
         }
     }
 }
@@ -95,6 +101,7 @@ impl std::fmt::Debug for QueueSettings {
             .field("key_prefix", &self.key_prefix)
             .field("visibility_timeout", &self.visibility_timeout)
             .field("max_receives", &self.max_receives)
+            .field("sample_interval", &self.sample_interval)
             .finish_non_exhaustive()
     }
 }

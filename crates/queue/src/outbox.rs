@@ -141,9 +141,15 @@ impl OutboxRelay {
 
     /// Rows waiting to be published, for metrics.
     pub async fn pending(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query("SELECT count(*) FROM outbox")
-            .fetch_one(self.db.pool())
-            .await?
-            .get::<i64, _>(0))
+        Ok(pending(&self.db).await?)
     }
+}
+
+/// Committed rows of `database`'s outbox not yet published (the same SQL on both backends).
+/// A growing number means the relay is failing or cannot keep up.
+pub async fn pending(database: &Database) -> Result<i64, StorageError> {
+    Ok(sqlx::query("SELECT count(*) FROM outbox")
+        .fetch_one(database.pool())
+        .await?
+        .get::<i64, _>(0))
 }

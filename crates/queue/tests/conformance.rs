@@ -292,6 +292,69 @@ async fn consumers_share_a_group_and_groups_each_see_everything(h: Harness) {
 }
 conformance!(consumers_share_a_group_and_groups_each_see_everything);
 
+/// The numbers the platform sampler exports: depth, pending, lag and dead letters per group.
+async fn stats_count_depth_pending_lag_and_dead_letters(h: Harness) {
+    let mut c = h.queue.consumer("alerts", "notifier", "c1").await.unwrap();
+    for n in 0..3 {
+        h.queue.publish("alerts", &event(n)).await.unwrap();
+    }
+    let stats = h.queue.stats("alerts", "notifier").await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.pending, stats.lag, stats.dead_letters),
+        (3, 0, 3, 0)
+    );
+    let held = c.next(WAIT).await.unwrap().expect("a message");
+    let stats = h.queue.stats("alerts", "notifier").await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.pending, stats.lag),
+        (3, 1, 2),
+        "{stats:?}"
+    );
+    c.dead_letter(&held, "poison").await.unwrap();
+    let stats = h.queue.stats("alerts", "notifier").await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.pending, stats.dead_letters),
+        (3, 0, 1),
+        "{stats:?}"
+    );
+    // Another group's view of the same topic is its own.
+    h.queue
+        .consumer("alerts", "compliance", "c1")
+        .await
+        .unwrap();
+    let other = h.queue.stats("alerts", "compliance").await.unwrap();
+    assert_eq!((other.depth, other.pending, other.dead_letters), (3, 0, 0));
+}
+conformance!(stats_count_depth_pending_lag_and_dead_letters);
+
+/// The sampler renders the group's numbers on `/metrics` under the names the dashboard reads.
+async fn sampler_exports_queue_gauges(h: Harness) {
+    let mut c = h.queue.consumer("alerts", "notifier", "c1").await.unwrap();
+    for n in 0..4 {
+        h.queue.publish("alerts", &event(n)).await.unwrap();
+    }
+    let held = c.next(WAIT).await.unwrap().expect("a message");
+    c.dead_letter(&held, "poison").await.unwrap();
+    let _pending = c.next(WAIT).await.unwrap().expect("a message");
+    let metrics = palisade_telemetry::Metrics::new();
+    let sampler = palisade_queue::PlatformSampler::register(&metrics, "notifier")
+        .watch(&h.queue, "alerts", "notifier");
+    sampler.sample_once().await;
+    let text = metrics.render();
+    for line in [
+        "palisade_queue_depth{topic=\"alerts\",group=\"notifier\"} 4",
+        "palisade_queue_pending{topic=\"alerts\",group=\"notifier\"} 1",
+        "palisade_queue_lag{topic=\"alerts\",group=\"notifier\"} 2",
+        "palisade_queue_dead_letters{topic=\"alerts\",group=\"notifier\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+}
+conformance!(sampler_exports_queue_gauges);
+
 #[tokio::test]
 async fn redis_heals_after_its_groups_vanish() {
     let h = redis().await;

@@ -99,3 +99,50 @@ backend_conformance!(
     survives_a_crash_between_commit_and_publish,
     survives_a_crash_between_commit_and_publish
 );
+
+/// Unpublished rows are counted, and the sampler exports them as `palisade_outbox_pending`.
+async fn pending_rows_are_counted_and_exported(backend: TestBackend) {
+    let db = Database::connect(&backend.settings(), "alerts")
+        .await
+        .unwrap();
+    db.migrate(&[ALERTS, outbox::MIGRATION]).await.unwrap();
+    let metrics = palisade_telemetry::Metrics::new();
+    let sampler =
+        palisade_queue::PlatformSampler::register(&metrics, "alert-ingest").outbox(db.clone());
+    sampler.sample_once().await;
+    assert!(
+        metrics
+            .render()
+            .contains("palisade_outbox_pending{service=\"alert-ingest\"} 0")
+    );
+    for n in 0..3 {
+        let mut tx = db.pool().begin().await.unwrap();
+        let e = envelope(
+            "alert.raised",
+            "p1",
+            &palisade_contracts::events::v1::AlertWriteBack {
+                partner_tenant_id: "p1".into(),
+                alert_id: format!("a-{n}"),
+            },
+        );
+        outbox::enqueue(&mut tx, "alerts", &e).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(outbox::pending(&db).await.unwrap(), 3);
+    sampler.sample_once().await;
+    let text = metrics.render();
+    assert!(
+        text.contains("palisade_outbox_pending{service=\"alert-ingest\"} 3"),
+        "{text}"
+    );
+    let queue: Arc<dyn Queue> = Arc::new(InProcessQueue::new(&QueueSettings::default()));
+    outbox::OutboxRelay::new(db.clone(), queue)
+        .relay_once()
+        .await
+        .unwrap();
+    assert_eq!(outbox::pending(&db).await.unwrap(), 0);
+}
+backend_conformance!(
+    pending_rows_are_counted_and_exported,
+    pending_rows_are_counted_and_exported
+);
