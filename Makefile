@@ -10,7 +10,7 @@ TEST_CMD = $(CARGO) test --workspace --no-fail-fast
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help run test ci fmt fmt-check lint build release test-services helm-check bench bench-smoke clean
+.PHONY: help run test ci fmt fmt-check lint build release test-services helm-check bench bench-smoke chaos chaos-short clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,17 @@ bench: ## Every benchmark against its same-run baseline, in release mode (result
 
 bench-smoke: ## One short iteration of every benchmark, so the harness cannot rot (numbers mean nothing)
 	scripts/test-services.sh $(CARGO) run -p palisade-bench -- --smoke --out target/bench-smoke
+
+# The chaos suite starts its own Postgres and Redis (never the shared ones) and the services
+# from their debug binaries, built here first; CHAOS_ARGS passes e.g. --seed N or --keep.
+CHAOS_BINS := -p ms-sim -p palisade-token-broker -p palisade-alert-ingest -p palisade-notifier -p palisade-compliance -p palisade-chaos
+chaos: ## The chaos suite, full: thousands of alerts while services are SIGKILLed and Redis and Postgres restarted (a few minutes)
+	$(CARGO) build $(CHAOS_BINS) --bins
+	$(CARGO) run -q -p palisade-chaos -- $(CHAOS_ARGS)
+
+chaos-short: ## The chaos suite's short run, the one CI runs as a test (tools/chaos/tests)
+	$(CARGO) build $(CHAOS_BINS) --bins
+	$(CARGO) run -q -p palisade-chaos -- --short $(CHAOS_ARGS)
 
 HELM_VENV := target/helm-venv
 $(HELM_VENV)/.installed: deploy/helm-check/requirements.txt
