@@ -94,15 +94,22 @@ impl Principal {
         Ok(())
     }
 
-    /// For RPCs about the platform itself (credentials, keys): needs the scope, any partner.
+    /// For RPCs about the platform itself (credentials, keys): needs the scope on a credential
+    /// bound to every partner. A partner-bound `admin` administers its partners only: were it
+    /// enough here, it could mint itself an all-partners credential (the security matrix found
+    /// this) or revoke other partners' credentials.
     pub fn check_global(&self, scope: Scope) -> Result<(), tonic::Status> {
-        if self.has_scope(scope) {
-            Ok(())
-        } else {
-            Err(tonic::Status::permission_denied(format!(
+        if !self.has_scope(scope) {
+            return Err(tonic::Status::permission_denied(format!(
                 "permission denied: the credential lacks {scope}"
-            )))
+            )));
         }
+        if !self.all_partners {
+            return Err(tonic::Status::permission_denied(format!(
+                "permission denied: {scope} over the platform needs a credential bound to every partner"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +174,22 @@ mod tests {
         let denied = p.check("p2", Scope::AlertsRead).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(denied.message().contains("p2"));
+    }
+
+    #[test]
+    fn platform_rpcs_need_every_partner_not_just_admin() {
+        let mut p = Principal {
+            credential_id: "c".into(),
+            display_name: "partner admin".into(),
+            service: false,
+            all_partners: false,
+            partners: ["p1".to_owned()].into(),
+            scopes: [Scope::Admin].into(),
+        };
+        let denied = p.check_global(Scope::Admin).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        p.all_partners = true;
+        assert!(p.check_global(Scope::Admin).is_ok());
     }
 
     #[test]
