@@ -387,7 +387,7 @@ pub async fn start_with(
         },
         routes: tonic::service::Routes::new(api),
         authenticator: platform.authenticator,
-        metrics: platform.metrics,
+        metrics: platform.metrics.clone(),
         readiness: Arc::new(move || {
             let db = db_for_ready.clone();
             Box::pin(async move { db.ping().await.is_ok() })
@@ -418,6 +418,12 @@ pub async fn start_with(
         });
     }
 
+    tasks.spawn(
+        palisade_queue::PlatformSampler::register(&platform.metrics, SERVICE)
+            .watch(&queue, store::TOPIC_WRITE_BACK, SERVICE)
+            .outbox(database.clone())
+            .run(settings.queue.sample_interval, shutdown.clone()),
+    );
     // SQLite has one writer: more relays there would only queue on it.
     let relays = match database.backend() {
         palisade_storage::Backend::Postgres => settings.workers.outbox_relays.max(1),
@@ -432,7 +438,11 @@ pub async fn start_with(
     }
     if settings.workers.enabled {
         let w = settings.workers.clone();
-        tasks.spawn(workers::gauge_loop(Arc::clone(&core), shutdown.clone()));
+        tasks.spawn(workers::gauge_loop(
+            Arc::clone(&core),
+            w.gauge_interval,
+            shutdown.clone(),
+        ));
         tasks.spawn(workers::poll_loop(
             Arc::clone(&core),
             w.clone(),

@@ -48,6 +48,9 @@ pub struct WorkerSettings {
     /// The wait before a failed enrichment is tried again (Microsoft's `Retry-After` wins).
     #[serde(with = "humantime_serde")]
     pub enrichment_retry: Duration,
+    /// How often the per-partner response-time gauges are recomputed from the store.
+    #[serde(with = "humantime_serde")]
+    pub gauge_interval: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -65,6 +68,7 @@ impl Default for WorkerSettings {
             outbox_relays: 2,
             outbox_batch: 500,
             enrichment_retry: Duration::from_secs(300),
+            gauge_interval: Duration::from_secs(60),
         }
     }
 }
@@ -182,14 +186,14 @@ pub async fn inbox_loop(
 }
 
 /// Keeps `palisade_alert_response_seconds_avg30d` and `palisade_alert_unresolved_over_24h` current.
-pub async fn gauge_loop(core: Arc<Ingestor>, shutdown: CancellationToken) {
+pub async fn gauge_loop(core: Arc<Ingestor>, interval: Duration, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         if let Err(e) = core.refresh_gauges().await {
             tracing::warn!(error = %e, "cannot refresh the response-time gauges");
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -210,6 +210,14 @@ pub async fn start_with(
         shutdown.clone(),
     )
     .await?;
+    let mut sampler = palisade_queue::PlatformSampler::register(&platform.metrics, SERVICE)
+        .outbox(database.clone());
+    if settings.workers.unwrap_or(true) && settings.events.enabled {
+        for topic in &settings.events.topics {
+            sampler = sampler.watch(&queue, topic, &settings.events.consumer_group);
+        }
+    }
+    tasks.spawn(sampler.run(settings.queue.sample_interval, shutdown.clone()));
     let api = palisade_contracts::compliance::v1::compliance_service_server::ComplianceServiceServer::new(
         service::ComplianceApi::new(Arc::clone(&engine)),
     )

@@ -235,7 +235,7 @@ pub async fn start(
         },
         routes: tonic::service::Routes::new(api),
         authenticator,
-        metrics: registry,
+        metrics: registry.clone(),
         readiness: palisade_server::always_ready(),
         shutdown: shutdown.clone(),
     });
@@ -262,6 +262,12 @@ pub async fn start(
         let events = palisade_queue::connect(&settings.queue)
             .await
             .context("notifier.queue")?;
+        // The notifier writes no outbox: its platform gauges are the groups it reads.
+        let sampler = settings.events.topics.iter().fold(
+            palisade_queue::PlatformSampler::register(&registry, "notifier"),
+            |sampler, topic| sampler.watch(&events, topic, &settings.events.consumer_group),
+        );
+        tasks.spawn(sampler.run(settings.queue.sample_interval, shutdown.clone()));
         tasks.spawn(queue::consume(
             events,
             settings.events.clone(),

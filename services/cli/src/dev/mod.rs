@@ -6,7 +6,7 @@
 //! in `.palisade/admin-credential` (mode 0600) so the CLI can use it. The demo world is seeded
 //! through the services' own APIs (see `demo`), then runs live.
 
-mod demo;
+pub mod demo;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
