@@ -16,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod kek;
 pub mod lock;
+pub mod race;
 pub mod service;
 pub mod store;
 
@@ -480,6 +481,12 @@ pub async fn start(
         }
     });
     tasks.spawn(Arc::clone(&core).revocation_watch(shutdown.clone()));
+    // The broker consumes no topic: its platform gauge is the outbox it writes.
+    tasks.spawn(
+        palisade_queue::PlatformSampler::register(&options.metrics, SERVICE)
+            .outbox(database.clone())
+            .run(settings.queue.sample_interval, shutdown.clone()),
+    );
     tasks.spawn(Arc::clone(&core).usage_loop(shutdown.clone()));
     if settings.workers.unwrap_or(true) {
         let queue = palisade_queue::connect(&settings.queue)

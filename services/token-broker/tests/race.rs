@@ -74,22 +74,20 @@ async fn twenty_replicas_and_two_hundred_callers_cause_one_redemption_per_window
             world.sim.control().advance_clock(Duration::from_secs(3600));
         }
         control.clear_requests();
-        let mut callers = tokio::task::JoinSet::new();
-        for caller in 0..200 {
-            let mut c = clients[caller % clients.len()].clone();
-            let partner = partner.tenant_id.clone();
-            callers.spawn(async move {
-                token(&mut c, &partner, "", pb::Resource::PartnerCenter)
-                    .await
-                    .map(|t| t.access_token)
-            });
-        }
-        let mut seen = std::collections::HashSet::new();
-        while let Some(result) = callers.join_next().await {
-            seen.insert(result.unwrap().expect("every caller gets a token"));
-        }
+        let outcome = palisade_token_broker::race::race(
+            &clients,
+            &partner.tenant_id,
+            pb::Resource::PartnerCenter,
+            200,
+        )
+        .await;
+        assert!(
+            outcome.failures.is_empty(),
+            "every caller gets a token: {:?}",
+            outcome.failures
+        );
         assert_eq!(
-            seen.len(),
+            outcome.tokens.len(),
             1,
             "window {window}: every caller got the same token"
         );

@@ -13,7 +13,7 @@ use palisade_contracts::{
     tokens::v1::{self as pb, token_broker_service_client::TokenBrokerServiceClient},
 };
 use palisade_testkit::{LogCapture, TestDatabase, TestRedis};
-use palisade_token_broker::{KekSettings, LockSettings, Options, Running, Settings};
+use palisade_token_broker::{Options, Running, Settings};
 use prost::Message;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -82,33 +82,13 @@ impl World {
     pub fn settings(&self) -> Settings {
         let mut database = self.db.settings();
         database.max_connections = 3;
-        let redis_url = SecretString::from(self.redis.url().to_owned());
-        let mut settings = Settings {
-            server: palisade_server::ServerSettings::ephemeral(),
+        palisade_token_broker::race::replica_settings(&palisade_token_broker::race::Shared {
             database,
-            queue: palisade_queue::QueueSettings {
-                backend: palisade_queue::Backend::Redis,
-                redis_url: Some(redis_url.clone()),
-                key_prefix: format!("{}q", self.redis.prefix()),
-                ..Default::default()
-            },
-            kek: KekSettings {
-                keys: Some(kek_spec()),
-                ..Default::default()
-            },
-            lock: LockSettings {
-                redis_url: Some(redis_url),
-                key_prefix: self.redis.prefix().to_owned(),
-            },
-            ..Default::default()
-        };
-        settings.entra.public_login_url = self.sim.login_url().to_string();
-        settings.entra.china_login_url = self.sim.login_url().to_string();
-        settings.broker.lock_poll = Duration::from_millis(10);
-        settings.broker.retry_base_delay = Duration::from_millis(20);
-        settings.broker.retry_after_max = Duration::from_secs(2);
-        settings.broker.default_redirect_uri = "https://panel.example/consent".into();
-        settings
+            redis_url: SecretString::from(self.redis.url().to_owned()),
+            key_prefix: self.redis.prefix().to_owned(),
+            kek: kek_spec(),
+            login_url: self.sim.login_url().to_string(),
+        })
     }
 
     pub async fn start(&self, settings: Settings) -> Instance {
