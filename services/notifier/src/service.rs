@@ -170,6 +170,11 @@ impl NotificationApi {
             return Err(NotifierError::AddressRefused("url must use https".into()));
         }
         if let Some(url::Host::Domain(host)) = url.host() {
+            if policy.refuses_name(host) {
+                return Err(NotifierError::AddressRefused(format!(
+                    "{host} is a loopback name"
+                )));
+            }
             let port = url.port_or_known_default().unwrap_or(443);
             if let Ok(addrs) = tokio::net::lookup_host((host, port)).await {
                 let addrs: Vec<_> = addrs.collect();

@@ -90,6 +90,16 @@ impl SsrfPolicy {
         !never
     }
 
+    /// Whether `host` is a name RFC 6761 defines as loopback (`localhost`, `*.localhost`, any
+    /// case, trailing dot or not) while loopback is not allowed. Checked when a partner types
+    /// a URL: a name the lookup there cannot resolve (`LOCALHOST.` on a test machine; the
+    /// security matrix found it stored) would otherwise pass, and some resolvers answer these
+    /// names without /etc/hosts. The resolver still guards every send.
+    pub fn refuses_name(&self, host: &str) -> bool {
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        !self.allow_loopback && (name == "localhost" || name.ends_with(".localhost"))
+    }
+
     /// Checks a URL before any request: scheme, and the address when the host is an IP.
     pub fn check_url(&self, raw: &str) -> Result<url::Url> {
         let url = url::Url::parse(raw)
@@ -221,5 +231,14 @@ mod tests {
         assert!(p.check_url("file:///etc/passwd").is_err());
         assert!(p.check_url("https://user:pw@hooks.example.com/").is_err());
         assert!(p.check_url("https://hooks.example.com/x").is_ok());
+        for name in ["localhost", "LOCALHOST.", "api.localhost", "x.LocalHost."] {
+            assert!(p.refuses_name(name), "{name}");
+        }
+        assert!(!p.refuses_name("notlocalhost.example"));
+        let loopback = SsrfPolicy {
+            allow_loopback: true,
+            ..SsrfPolicy::default()
+        };
+        assert!(!loopback.refuses_name("localhost"));
     }
 }
