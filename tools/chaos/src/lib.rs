@@ -145,6 +145,10 @@ impl Report {
             f.alert_rows
         ));
         line(format!(
+            "  Partner Center webhooks to alert-ingest: {} fired, {} accepted, {} needed retries, {} given up (polling covers those)",
+            f.pc_webhooks, f.pc_webhooks_delivered, f.pc_webhooks_retried, f.pc_webhooks_given_up
+        ));
+        line(format!(
             "  notifications: {} of {} stored alerts delivered; {} POSTs, {} webhook-ids, {} repeats (same id), {} id conflicts, {} duplicates under new ids",
             f.alerts_notified,
             f.alerts_stored_once,
@@ -155,7 +159,9 @@ impl Report {
             f.duplicate_bodies_under_new_ids
         ));
         line(format!(
-            "  tokens: {} partner refresh grants, {} refused; forced mint: {}",
+            "  tokens: {} forced refreshes during the chaos ({} failed while a process was down or ms-sim damaged the answer); {} partner refresh grants at ms-sim, {} refused; forced mint after: {}",
+            f.forced_refreshes_during_chaos.0 + f.forced_refreshes_during_chaos.1,
+            f.forced_refreshes_during_chaos.1,
             f.refresh_grants,
             f.refresh_grants_refused,
             f.token_mints
@@ -164,6 +170,9 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        for (error, n) in &f.forced_refresh_errors {
+            line(format!("    {n} x {error}"));
+        }
         for (consent, state) in &f.consents {
             line(format!("    consent {consent}: {state}"));
         }
@@ -572,7 +581,7 @@ async fn drive(
                 let spec = serde_json::json!({
                     "customer_tenant_id": customer,
                     "alert_type": types[(n / options.customers) % types.len()],
-                    "severity": if i % 2 == 0 { "medium" } else { "low" },
+                    "severity": if i.is_multiple_of(2) { "medium" } else { "low" },
                 });
                 let answer = http
                     .post(format!(
@@ -608,6 +617,77 @@ async fn drive(
         .chain([Fault::Redis, Fault::Postgres])
         .collect();
     plan.shuffle(&mut rng);
+    // Microsoft misbehaves too: some token answers arrive cut in half after the refresh token
+    // rotated (the client never sees the new one), some Graph and Partner Center calls fail.
+    for fault in [
+        serde_json::json!({"host": "login", "path_contains": "token", "kind": {"type": "truncate"}, "fraction": 0.1}),
+        serde_json::json!({"host": "graph", "path_contains": "securityAlerts", "kind": {"type": "status", "status": 503}, "fraction": 0.05}),
+        serde_json::json!({"host": "partner_center", "path_contains": "fraudEvents", "kind": {"type": "reset"}, "fraction": 0.05}),
+    ] {
+        http.post(format!("{control_url}/_sim/faults"))
+            .json(&fault)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    // Token pressure: forced refreshes, as many replicas asking at once would cause, so that
+    // the broker's SIGKILLs and Postgres's crashes land in the middle of rotations.
+    let refreshes = Arc::new(Mutex::new((0_usize, 0_usize)));
+    let refresh_errors = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<String, usize>::new(),
+    ));
+    let token_load = {
+        let refreshes = Arc::clone(&refreshes);
+        let refresh_errors = Arc::clone(&refresh_errors);
+        let partners = partners.clone();
+        let endpoint = tonic::transport::Endpoint::from_shared(addresses.token_broker.clone())?
+            .timeout(Duration::from_secs(10));
+        let admin = admin.clone();
+        let stop_load = stop.child_token();
+        let load_for = options.load_for;
+        tokio::spawn(async move {
+            use palisade_contracts::tokens::v1::{
+                GetAccessTokenRequest, Resource,
+                token_broker_service_client::TokenBrokerServiceClient,
+            };
+            let mut client = TokenBrokerServiceClient::with_interceptor(
+                endpoint.connect_lazy(),
+                palisade_auth::BearerInterceptor::new(Some(&admin)),
+            );
+            let start = Instant::now();
+            let mut i = 0_usize;
+            while start.elapsed() < load_for && !stop_load.is_cancelled() {
+                let answer = client
+                    .get_access_token(GetAccessTokenRequest {
+                        partner_tenant_id: partners[i % partners.len()].clone(),
+                        resource: if i.is_multiple_of(2) {
+                            Resource::Graph
+                        } else {
+                            Resource::PartnerCenter
+                        } as i32,
+                        force_refresh: true,
+                        ..Default::default()
+                    })
+                    .await;
+                {
+                    let mut counts = refreshes.lock().unwrap_or_else(|e| e.into_inner());
+                    match &answer {
+                        Ok(_) => counts.0 += 1,
+                        Err(status) => {
+                            counts.1 += 1;
+                            *refresh_errors
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(format!("{:?}: {}", status.code(), status.message()))
+                                .or_default() += 1;
+                        }
+                    }
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
     let load_started = Instant::now();
     let mut faults = Vec::new();
     let mut next = 0;
@@ -661,6 +741,15 @@ async fn drive(
         faults.push(format!("{at:>6.1} s  {what}"));
     }
     load.await.context("the load task")?;
+    token_load.await.context("the token load task")?;
+    http.delete(format!("{control_url}/_sim/faults"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (refreshed, refresh_failed) = *refreshes.lock().unwrap_or_else(|e| e.into_inner());
+    eprintln!(
+        "palisade-chaos: forced refreshes during the chaos: {refreshed} minted, {refresh_failed} failed (a process down, or a damaged answer from ms-sim)"
+    );
     let load_seconds = load_started.elapsed().as_secs_f64();
     eprintln!("palisade-chaos: load and faults done after {load_seconds:.0} s; draining");
 
@@ -689,6 +778,11 @@ async fn drive(
     }
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     let mut findings = findings?;
+    findings.forced_refreshes_during_chaos = (refreshed, refresh_failed);
+    findings.forced_refresh_errors = refresh_errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     verify::tokens(
         &mut findings,
         &http,

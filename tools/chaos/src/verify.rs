@@ -38,6 +38,18 @@ pub struct Findings {
     pub webhook_id_conflicts: Vec<String>,
     /// Distinct `webhook-id`s with byte-identical bodies: a duplicate under a new id.
     pub duplicate_bodies_under_new_ids: usize,
+    /// ms-sim's Partner Center webhooks to alert-ingest: fired, accepted (perhaps after
+    /// retries), retried at least once, and given up on. Polling catches what was given up
+    /// on, so these inform rather than decide.
+    pub pc_webhooks: usize,
+    pub pc_webhooks_delivered: usize,
+    pub pc_webhooks_retried: usize,
+    pub pc_webhooks_given_up: usize,
+    /// Forced refreshes the harness asked for during the chaos: (minted, failed). Failures are
+    /// expected while the broker or Postgres is down; the chain must survive them.
+    pub forced_refreshes_during_chaos: (usize, usize),
+    /// Why they failed, with counts.
+    pub forced_refresh_errors: BTreeMap<String, usize>,
     /// Per partner: whether a forced refresh minted a token after the run.
     pub token_mints: BTreeMap<String, String>,
     /// Consents and their health state, as the broker reports them.
@@ -246,6 +258,23 @@ pub async fn observe(src: &Sources<'_>) -> anyhow::Result<Findings> {
         } else {
             f.alerts_not_notified.push(id.clone());
         }
+    }
+
+    let deliveries: Vec<serde_json::Value> = src
+        .http
+        .get(format!("{}/_sim/webhooks/deliveries", src.control_url))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    f.pc_webhooks = deliveries.len();
+    for d in &deliveries {
+        let delivered = d["delivered"].as_bool().unwrap_or(false);
+        f.pc_webhooks_delivered += usize::from(delivered);
+        f.pc_webhooks_given_up +=
+            usize::from(!delivered && d["finished"].as_bool().unwrap_or(false));
+        f.pc_webhooks_retried += usize::from(d["attempts"].as_array().is_some_and(|a| a.len() > 1));
     }
 
     queues(src.redis_url, &mut f).await?;
