@@ -7,6 +7,7 @@
 //! every attempt. It must never lose a notification and never spam one.
 
 pub mod auth;
+pub mod bench;
 pub mod channels;
 pub mod dispatch;
 pub mod engine;

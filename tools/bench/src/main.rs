@@ -10,6 +10,7 @@ mod alerts;
 mod baselines;
 mod compliance;
 mod loadgen;
+mod notifier;
 mod platform;
 mod report;
 mod rss;
@@ -384,6 +385,10 @@ async fn main() -> anyhow::Result<()> {
             ),
             latency_quantiles_us: Vec::new(),
         });
+    }
+
+    if args.wants("notifier") {
+        rows.extend(notifier::rows(&args.database_url, &args.redis_url, args.smoke).await?);
     }
 
     report::print_table(&rows);
