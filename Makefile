@@ -41,10 +41,15 @@ release: ## Release build of the binaries
 test-services: ## Print the Postgres and Redis URLs the tests would use
 	scripts/test-services.sh env | grep -E '^PALISADE_TEST_'
 
+# The RSS workload runs the service binaries as separate processes, from the bench's own target dir.
+BENCH_SERVICES := -p palisade-token-broker -p palisade-alert-ingest -p palisade-notifier -p palisade-compliance
+
 bench: ## Every benchmark against its same-run baseline, in release mode (results in bench-results/)
+	$(CARGO) build --release $(BENCH_SERVICES)
 	scripts/test-services.sh $(CARGO) run --release -p palisade-bench -- --out bench-results $(BENCH_ARGS)
 
 bench-smoke: ## One short iteration of every benchmark, so the harness cannot rot (numbers mean nothing)
+	$(CARGO) build $(BENCH_SERVICES)
 	scripts/test-services.sh $(CARGO) run -p palisade-bench -- --smoke --out target/bench-smoke
 
 # The chaos suite starts its own Postgres and Redis (never the shared ones) and the services
