@@ -392,7 +392,6 @@ async fn main() -> anyhow::Result<()> {
     if args.wants("notifier") {
         rows.extend(notifier::rows(&args.database_url, &args.redis_url, args.smoke).await?);
     }
-
     if args.wants("refresh race") {
         rows.push(refresh_race_row(&args).await?);
     }
