@@ -561,3 +561,197 @@ backend_conformance!(
     the_relay_publishes_every_committed_event_once,
     the_relay_publishes_every_committed_event_once_body
 );
+
+/// Everything an ingest leaves behind, in a form two stores can be compared by: the rows (the
+/// stored proto decoded, since protobuf maps encode in no fixed order), the history entries and
+/// the outbox events (their payloads decoded; message ids and producer times differ by nature).
+async fn footprint(store: &SqlStore) -> (Vec<String>, Vec<String>, Vec<String>) {
+    use palisade_contracts::{alerts::v1::Alert, events::v1::AlertUpdated};
+    let pool = store.database().pool();
+    let rows = sqlx::query(
+        "SELECT alert_id, status, severity, last_observed_at, resolved_at, write_back_state, enrich_state, \
+         raw_graph, raw_fraud, created_at, updated_at, alert_proto FROM alerts ORDER BY alert_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        let alert = Alert::decode(r.get::<Vec<u8>, _>(11).as_slice()).unwrap();
+        let mut details: Vec<_> = alert.additional_details.iter().collect();
+        details.sort();
+        format!(
+            "{} {} {} {} {:?} {} {} {:?} {:?} {} {} | {:?} {details:?}",
+            r.get::<String, _>(0),
+            r.get::<i64, _>(1),
+            r.get::<i64, _>(2),
+            r.get::<i64, _>(3),
+            r.get::<Option<i64>, _>(4),
+            r.get::<i64, _>(5),
+            r.get::<i64, _>(6),
+            r.get::<Option<String>, _>(7),
+            r.get::<Option<String>, _>(8),
+            r.get::<i64, _>(9),
+            r.get::<i64, _>(10),
+            Alert {
+                additional_details: Default::default(),
+                ..alert
+            },
+        )
+    })
+    .collect();
+    let history = sqlx::query(
+        "SELECT alert_id, from_status, to_status, actor, reason, at FROM alert_transitions ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        format!(
+            "{} {}->{} {} {} {}",
+            r.get::<String, _>(0),
+            r.get::<i64, _>(1),
+            r.get::<i64, _>(2),
+            r.get::<String, _>(3),
+            r.get::<String, _>(4),
+            r.get::<i64, _>(5)
+        )
+    })
+    .collect();
+    let events = outbox(store)
+        .await
+        .into_iter()
+        .map(|(topic, e)| {
+            // Every alert event carries the alert as field 1; only updates add field 2.
+            let payload = AlertUpdated::decode(e.payload.as_slice()).unwrap();
+            let alert = payload.alert.unwrap();
+            let mut details: Vec<_> = alert.additional_details.iter().collect();
+            details.sort();
+            format!(
+                "{topic} {} {} {:?} {:?} {details:?}",
+                e.kind,
+                e.partner_tenant_id,
+                payload.changed_fields,
+                Alert {
+                    additional_details: Default::default(),
+                    ..alert.clone()
+                },
+            )
+        })
+        .collect();
+    (rows, history, events)
+}
+
+async fn a_batch_ends_where_its_alerts_one_by_one_end_body(backend: TestBackend) {
+    let connect = |schema: &'static str| {
+        let settings = backend.settings();
+        async move {
+            let store = SqlStore::new(Database::connect(&settings, schema).await.unwrap());
+            store.migrate().await.unwrap();
+            store
+        }
+    };
+    let batched = connect("alerts_batched").await;
+    let single = connect("alerts_single").await;
+    let kind = "networkConnectionsToCryptoMiningPools";
+    let seed: Vec<_> = (1..=4)
+        .map(|n| graph(n, "active", "high", kind, NOW - 3 * HOUR))
+        .collect();
+    for store in [&batched, &single] {
+        store.ingest(&seed, NOW - 2 * HOUR).await.unwrap();
+    }
+    // The legacy shape of alert 4: merges into it (hit count, customer name, fraud id).
+    let legacy_4 = model::from_fraud_event(
+        P,
+        serde_json::json!({
+            "eventId": "s-4_e", "eventType": "NetworkConnectionsToCryptoMiningPools", "eventStatus": "Active",
+            "customerTenantId": "c-1", "subscriptionId": "s-4", "hitCount": "7",
+            "firstObserved": chrono::DateTime::from_timestamp_millis(seed[3].first_observed_at).unwrap()
+                .naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+            "lastObserved": "2020-01-01T00:00:00", "IsTest": "false", "customerFriendlyName": "Contoso"
+        }),
+    )
+    .unwrap();
+    assert_eq!(legacy_4.fingerprint, seed[3].fingerprint);
+    let batch = vec![
+        // An update of a stored alert.
+        graph(1, "active", "low", kind, NOW - HOUR),
+        // A new alert, then the same alert again with more: duplicates within one batch.
+        graph(5, "active", "high", kind, NOW - HOUR),
+        graph(5, "active", "medium", kind, NOW - HOUR / 2),
+        graph(5, "active", "medium", kind, NOW - HOUR / 2),
+        // Resolved at Microsoft, then new activity after the resolution: reopened.
+        graph(2, "resolved", "high", kind, NOW - 3 * HOUR),
+        graph(2, "active", "high", kind, NOW - HOUR),
+        // Nothing new.
+        graph(3, "active", "high", kind, NOW - 3 * HOUR),
+        legacy_4,
+        // A second update of alert 1 in the same batch.
+        graph(1, "active", "high", kind, NOW - HOUR / 4),
+    ];
+    let together = batched.ingest(&batch, NOW).await.unwrap();
+    let mut one_by_one = Vec::new();
+    for obs in &batch {
+        let outcome = single.ingest(std::slice::from_ref(obs), NOW).await.unwrap();
+        one_by_one.extend(outcome.applied);
+    }
+    let changes = |applied: &[palisade_alert_ingest::store::Applied]| {
+        applied
+            .iter()
+            .map(|a| (a.alert.alert_id.clone(), a.change, a.changed_fields.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(changes(&together.applied), changes(&one_by_one));
+    assert_eq!(
+        together
+            .applied
+            .iter()
+            .map(|a| a.change)
+            .collect::<Vec<_>>(),
+        [
+            model::ChangeKind::Updated,
+            model::ChangeKind::Raised,
+            model::ChangeKind::Updated,
+            model::ChangeKind::Resolved,
+            model::ChangeKind::Reopened,
+            model::ChangeKind::Updated,
+            model::ChangeKind::Updated,
+        ],
+        "the repeat of alert 5 and the unchanged alert 3 raise nothing"
+    );
+    assert_eq!(
+        together.written, 4,
+        "alerts 1, 2, 4 and 5 are written once each"
+    );
+    let (rows, history, events) = footprint(&batched).await;
+    assert_eq!((rows.len(), history.len(), events.len()), (5, 4 + 3, 4 + 7));
+    assert_eq!(footprint(&single).await, (rows, history, events));
+    // A replay of the batch (a re-read page) goes the same way on both sides: alerts 1, 2 and 5
+    // change again, as their disagreeing observations within the page say; 3 and 4 stay put.
+    let again = batched.ingest(&batch, NOW + 1).await.unwrap();
+    let mut again_one_by_one = Vec::new();
+    for obs in &batch {
+        let outcome = single
+            .ingest(std::slice::from_ref(obs), NOW + 1)
+            .await
+            .unwrap();
+        again_one_by_one.extend(outcome.applied);
+    }
+    assert_eq!(changes(&again.applied), changes(&again_one_by_one));
+    let moved: std::collections::BTreeSet<_> = again
+        .applied
+        .iter()
+        .map(|a| a.alert.alert_id.clone())
+        .collect();
+    let expected: std::collections::BTreeSet<_> = [0, 1, 3]
+        .iter()
+        .map(|i: &usize| together.applied[*i].alert.alert_id.clone())
+        .collect();
+    assert_eq!(moved, expected, "only alerts 1, 2 and 5 change on a replay");
+    assert_eq!(footprint(&batched).await, footprint(&single).await);
+}
+backend_conformance!(
+    a_batch_ends_where_its_alerts_one_by_one_end,
+    a_batch_ends_where_its_alerts_one_by_one_end_body
+);
