@@ -188,6 +188,11 @@ impl Ingestor {
         if let Some(relay) = &self.relay {
             relay.poke();
         }
+        // Without a watcher the alerts are not even cloned for the channel (a page of 500
+        // alerts would copy half a megabyte for nobody).
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
         for (kind, alert) in changes {
             let _ = self.changes.send(Change {
                 kind: watch_kind(kind),
@@ -212,12 +217,12 @@ impl Ingestor {
         for item in items {
             let raw = item.to_string();
             let parsed = match source {
-                AlertSource::Graph => model::from_graph_with_text(partner_tenant_id, item, &raw),
-                _ => model::from_fraud_event_with_text(partner_tenant_id, item, &raw),
+                AlertSource::Graph => model::from_graph_with_text(partner_tenant_id, item, raw),
+                _ => model::from_fraud_event_with_text(partner_tenant_id, item, raw),
             };
             match parsed {
                 Ok(obs) => batch.push(obs),
-                Err(reason) => {
+                Err((reason, raw)) => {
                     tracing::warn!(partner_tenant_id, %reason, "alert payload quarantined");
                     self.metrics.quarantined.get_or_create(&label).inc();
                     self.store

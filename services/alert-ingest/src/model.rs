@@ -185,19 +185,23 @@ pub fn alert_id_for(fingerprint: &str) -> String {
 /// Normalises one item of Graph's list.
 pub fn from_graph(partner_tenant_id: &str, raw: serde_json::Value) -> Result<Observation, String> {
     let text = raw.to_string();
-    from_graph_with_text(partner_tenant_id, raw, &text)
+    from_graph_with_text(partner_tenant_id, raw, text).map_err(|(reason, _)| reason)
 }
 
-/// [`from_graph`] when the caller already has the payload's text (it keeps it for quarantine).
+/// [`from_graph`] when the caller already has the payload's text. The text moves into the
+/// observation (no copy of a kilobyte per alert); a refusal hands it back with the reason, for
+/// quarantine.
 pub fn from_graph_with_text(
     partner_tenant_id: &str,
     raw: serde_json::Value,
-    text: &str,
-) -> Result<Observation, String> {
-    let a =
-        SecurityAlert::from_value(raw).map_err(|e| format!("graph alert does not parse: {e}"))?;
+    text: String,
+) -> Result<Observation, (String, String)> {
+    let a = match SecurityAlert::from_value(raw) {
+        Ok(a) => a,
+        Err(e) => return Err((format!("graph alert does not parse: {e}"), text)),
+    };
     if a.id.trim().is_empty() {
-        return Err("graph alert without an id".into());
+        return Err(("graph alert without an id".into(), text));
     }
     let status = parse_status(&a.status).unwrap_or(AlertStatus::Active);
     let first = millis(a.first_observed_date_time);
@@ -259,7 +263,7 @@ pub fn from_graph_with_text(
             String::new()
         },
         activity: activity(&a.activity_logs),
-        raw: text.to_owned(),
+        raw: text,
     })
 }
 
@@ -269,18 +273,22 @@ pub fn from_fraud_event(
     raw: serde_json::Value,
 ) -> Result<Observation, String> {
     let text = raw.to_string();
-    from_fraud_event_with_text(partner_tenant_id, raw, &text)
+    from_fraud_event_with_text(partner_tenant_id, raw, text).map_err(|(reason, _)| reason)
 }
 
-/// [`from_fraud_event`] when the caller already has the payload's text.
+/// [`from_fraud_event`] when the caller already has the payload's text; as
+/// [`from_graph_with_text`].
 pub fn from_fraud_event_with_text(
     partner_tenant_id: &str,
     raw: serde_json::Value,
-    text: &str,
-) -> Result<Observation, String> {
-    let e = FraudEvent::from_value(raw).map_err(|e| format!("fraud event does not parse: {e}"))?;
+    text: String,
+) -> Result<Observation, (String, String)> {
+    let e = match FraudEvent::from_value(raw) {
+        Ok(e) => e,
+        Err(err) => return Err((format!("fraud event does not parse: {err}"), text)),
+    };
     if e.event_id.trim().is_empty() {
-        return Err("fraud event without an eventId".into());
+        return Err(("fraud event without an eventId".into(), text));
     }
     let status = parse_status(&e.event_status).unwrap_or(AlertStatus::Active);
     let first = millis(e.first_observed.or(e.first_occurrence));
@@ -352,7 +360,7 @@ pub fn from_fraud_event_with_text(
             String::new()
         },
         activity: activity(&e.activity_logs),
-        raw: text.to_owned(),
+        raw: text,
     })
 }
 

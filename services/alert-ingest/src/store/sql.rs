@@ -65,26 +65,30 @@ impl SqlStore {
     }
 }
 
-/// A bind value for queries built at run time.
+/// A bind value for queries built at run time. The borrowed variants bind without a copy: the
+/// ingest binds every alert's strings and raw payload (about a kilobyte), which are alive until
+/// the statement ran.
 #[derive(Debug, Clone)]
-enum Arg {
+enum Arg<'a> {
     I(i64),
     OptI(Option<i64>),
     S(String),
-    OptS(Option<String>),
+    Str(&'a str),
+    OptStr(Option<&'a str>),
     B(Vec<u8>),
 }
 
 fn bind_all<'q>(
     mut q: Query<'q, Any, AnyArguments<'q>>,
-    args: Vec<Arg>,
+    args: Vec<Arg<'q>>,
 ) -> Query<'q, Any, AnyArguments<'q>> {
     for arg in args {
         q = match arg {
             Arg::I(v) => q.bind(v),
             Arg::OptI(v) => q.bind(v),
             Arg::S(v) => q.bind(v),
-            Arg::OptS(v) => q.bind(v),
+            Arg::Str(v) => q.bind(v),
+            Arg::OptStr(v) => q.bind(v),
             Arg::B(v) => q.bind(v),
         };
     }
@@ -93,10 +97,10 @@ fn bind_all<'q>(
 
 /// Collects binds and hands out `$n` placeholders.
 #[derive(Default)]
-struct Binds(Vec<Arg>);
+struct Binds<'a>(Vec<Arg<'a>>);
 
-impl Binds {
-    fn push(&mut self, arg: Arg) -> String {
+impl<'a> Binds<'a> {
+    fn push(&mut self, arg: Arg<'a>) -> String {
         self.0.push(arg);
         format!("${}", self.0.len())
     }
@@ -136,26 +140,55 @@ fn for_event(alert: &Alert) -> Alert {
 }
 
 pub(crate) fn event_for(applied: &Applied) -> Envelope {
-    let alert = for_event(&applied.alert);
-    let partner = applied.alert.partner_tenant_id.clone();
-    let kind = applied.change.event_kind();
-    match applied.change {
+    event_with(
+        applied.change,
+        &applied.changed_fields,
+        for_event(&applied.alert),
+    )
+    .0
+}
+
+/// [`event_for`] without copying the alert: it moves into the event for encoding and back, its
+/// history set aside meanwhile (events carry none).
+fn event_for_owned(applied: &mut Applied) -> Envelope {
+    let history = std::mem::take(&mut applied.alert.history);
+    let (envelope, mut alert) = event_with(
+        applied.change,
+        &applied.changed_fields,
+        std::mem::take(&mut applied.alert),
+    );
+    alert.history = history;
+    applied.alert = alert;
+    envelope
+}
+
+/// The event of a change, and the alert back.
+fn event_with(change: ChangeKind, changed_fields: &[String], alert: Alert) -> (Envelope, Alert) {
+    let partner = alert.partner_tenant_id.clone();
+    let kind = change.event_kind();
+    match change {
         ChangeKind::Raised => {
-            palisade_queue::envelope(kind, &partner, &AlertRaised { alert: Some(alert) })
+            let event = AlertRaised { alert: Some(alert) };
+            let envelope = palisade_queue::envelope(kind, &partner, &event);
+            (envelope, event.alert.unwrap_or_default())
         }
-        ChangeKind::Updated => palisade_queue::envelope(
-            kind,
-            &partner,
-            &AlertUpdated {
+        ChangeKind::Updated => {
+            let event = AlertUpdated {
                 alert: Some(alert),
-                changed_fields: applied.changed_fields.clone(),
-            },
-        ),
+                changed_fields: changed_fields.to_vec(),
+            };
+            let envelope = palisade_queue::envelope(kind, &partner, &event);
+            (envelope, event.alert.unwrap_or_default())
+        }
         ChangeKind::Resolved => {
-            palisade_queue::envelope(kind, &partner, &AlertResolved { alert: Some(alert) })
+            let event = AlertResolved { alert: Some(alert) };
+            let envelope = palisade_queue::envelope(kind, &partner, &event);
+            (envelope, event.alert.unwrap_or_default())
         }
         ChangeKind::Reopened => {
-            palisade_queue::envelope(kind, &partner, &AlertReopened { alert: Some(alert) })
+            let event = AlertReopened { alert: Some(alert) };
+            let envelope = palisade_queue::envelope(kind, &partner, &event);
+            (envelope, event.alert.unwrap_or_default())
         }
     }
 }
@@ -181,8 +214,8 @@ async fn insert_outbox(
         for (topic, envelope) in chunk {
             values.push(format!(
                 "({}, {}, {}, {})",
-                binds.push(Arg::S((*topic).to_owned())),
-                binds.push(Arg::S(envelope.message_id.clone())),
+                binds.push(Arg::Str(topic)),
+                binds.push(Arg::Str(&envelope.message_id)),
                 binds.push(Arg::B(envelope.encode_to_vec())),
                 binds.push(Arg::I(now)),
             ));
@@ -208,12 +241,12 @@ async fn insert_transitions(
         for (alert_id, partner, t) in chunk {
             values.push(format!(
                 "({}, {}, {}, {}, {}, {}, {})",
-                binds.push(Arg::S(alert_id.clone())),
-                binds.push(Arg::S(partner.clone())),
+                binds.push(Arg::Str(alert_id)),
+                binds.push(Arg::Str(partner)),
                 binds.push(Arg::I(i64::from(t.from_status))),
                 binds.push(Arg::I(i64::from(t.to_status))),
-                binds.push(Arg::S(t.actor.clone())),
-                binds.push(Arg::S(t.reason.clone())),
+                binds.push(Arg::Str(&t.actor)),
+                binds.push(Arg::Str(&t.reason)),
                 binds.push(Arg::I(ms(&t.at))),
             ));
         }
@@ -228,10 +261,10 @@ async fn insert_transitions(
     Ok(())
 }
 
-struct RowWrite {
+struct RowWrite<'a> {
     alert: Alert,
-    raw_graph: Option<String>,
-    raw_fraud: Option<String>,
+    raw_graph: Option<&'a str>,
+    raw_fraud: Option<&'a str>,
 }
 
 const UPSERT_COLUMNS: &str = "alert_id, partner_tenant_id, fingerprint, status, severity, alert_type, \
@@ -239,23 +272,27 @@ const UPSERT_COLUMNS: &str = "alert_id, partner_tenant_id, fingerprint, status, 
     last_observed_at, resolved_at, write_back_state, enrich_state, enrich_after, alert_proto, raw_graph, \
     raw_fraud, created_at, updated_at";
 
-async fn upsert_alerts(conn: &mut sqlx::AnyConnection, rows: &[RowWrite], now: i64) -> Result<()> {
+async fn upsert_alerts(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[RowWrite<'_>],
+    now: i64,
+) -> Result<()> {
     for chunk in rows.chunks(200) {
         let mut binds = Binds::default();
         let mut values = Vec::with_capacity(chunk.len());
         for row in chunk {
             let a = &row.alert;
             let placeholders = [
-                binds.push(Arg::S(a.alert_id.clone())),
-                binds.push(Arg::S(a.partner_tenant_id.clone())),
-                binds.push(Arg::S(a.fingerprint.clone())),
+                binds.push(Arg::Str(&a.alert_id)),
+                binds.push(Arg::Str(&a.partner_tenant_id)),
+                binds.push(Arg::Str(&a.fingerprint)),
                 binds.push(Arg::I(i64::from(a.status))),
                 binds.push(Arg::I(i64::from(a.severity))),
-                binds.push(Arg::S(a.alert_type.clone())),
+                binds.push(Arg::Str(&a.alert_type)),
                 binds.push(Arg::S(a.alert_type.to_ascii_lowercase())),
-                binds.push(Arg::S(a.customer_tenant_id.clone())),
-                binds.push(Arg::S(a.subscription_id.clone())),
-                binds.push(Arg::S(a.reseller_tenant_id.clone())),
+                binds.push(Arg::Str(&a.customer_tenant_id)),
+                binds.push(Arg::Str(&a.subscription_id)),
+                binds.push(Arg::Str(&a.reseller_tenant_id)),
                 binds.push(Arg::I(i64::from(a.is_test))),
                 binds.push(Arg::I(detected_ms(a))),
                 binds.push(Arg::I(ms(&a.last_observed_at))),
@@ -268,8 +305,8 @@ async fn upsert_alerts(conn: &mut sqlx::AnyConnection, rows: &[RowWrite], now: i
                 })),
                 binds.push(Arg::I(now)),
                 binds.push(Arg::B(a.encode_to_vec())),
-                binds.push(Arg::OptS(row.raw_graph.clone())),
-                binds.push(Arg::OptS(row.raw_fraud.clone())),
+                binds.push(Arg::OptStr(row.raw_graph)),
+                binds.push(Arg::OptStr(row.raw_fraud)),
                 binds.push(Arg::I(if ms(&a.created_at) > 0 {
                     ms(&a.created_at)
                 } else {
@@ -512,8 +549,11 @@ impl AlertStore for SqlStore {
         ids.sort();
         ids.dedup();
         let mut state = self.load_alerts(&mut tx, &ids).await?;
+        // Written rows in first-change order; the set keeps a page's membership test O(1).
         let mut dirty: Vec<String> = Vec::new();
-        let mut raws: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        let mut dirty_set: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // The latest raw payload per alert and source, borrowed from the batch.
+        let mut raws: HashMap<String, (Option<&str>, Option<&str>)> = HashMap::new();
         let mut applied = Vec::new();
         let mut transitions = Vec::new();
         for obs in batch {
@@ -522,13 +562,13 @@ impl AlertStore for SqlStore {
             if !merged.dirty {
                 continue;
             }
-            if !dirty.contains(&id) {
+            if dirty_set.insert(id.clone()) {
                 dirty.push(id.clone());
             }
             let raw = raws.entry(id.clone()).or_default();
             match obs.source {
-                AlertSource::Graph => raw.0 = Some(obs.raw.clone()),
-                _ => raw.1 = Some(obs.raw.clone()),
+                AlertSource::Graph => raw.0 = Some(obs.raw.as_str()),
+                _ => raw.1 = Some(obs.raw.as_str()),
             }
             if let Some(t) = merged.transition.clone() {
                 transitions.push((id.clone(), obs.partner_tenant_id.clone(), t));
@@ -556,8 +596,8 @@ impl AlertStore for SqlStore {
         upsert_alerts(&mut tx, &rows, now).await?;
         insert_transitions(&mut tx, &transitions).await?;
         let events: Vec<(&str, Envelope)> = applied
-            .iter()
-            .map(|a| (TOPIC_ALERTS, event_for(a)))
+            .iter_mut()
+            .map(|a| (TOPIC_ALERTS, event_for_owned(a)))
             .collect();
         insert_outbox(&mut tx, &events, now).await?;
         tx.commit().await?;
