@@ -361,9 +361,21 @@ fn rss_row(workload: String, mib: Option<f64>, target: f64, judged: bool, note: 
         } else {
             None
         },
-        note: format!("separate release process; {note}"),
+        note: format!("separate process ({} build); {note}", build_profile()),
         latency_quantiles_us: Vec::new(),
     }
+}
+
+/// `release` or `debug`: the target directory the service binaries came from.
+fn build_profile() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()
+                .and_then(|dir| dir.file_name())
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Calls `op` from `concurrency` tasks until `duration` passes; returns (ok, failed).
