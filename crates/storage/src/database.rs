@@ -22,6 +22,11 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// How long start-up keeps trying to reach Postgres while it refuses connections (down,
+    /// restarting, recovering from a crash) before giving up. A service restarted during a
+    /// database outage waits for it instead of exiting into a crash loop.
+    #[serde(with = "humantime_serde")]
+    pub startup_wait: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -31,6 +36,7 @@ impl Default for DatabaseSettings {
             max_connections: 10,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            startup_wait: Duration::from_secs(120),
         }
     }
 }
@@ -44,6 +50,7 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("url", &format_args!("{scheme}://[redacted]"))
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
+            .field("startup_wait", &self.startup_wait)
             .finish()
     }
 }
@@ -104,7 +111,7 @@ impl Database {
             return Err(StorageError::UnsupportedScheme(scheme));
         };
         let pool = match backend {
-            Backend::Postgres => Self::connect_postgres(settings, schema).await?,
+            Backend::Postgres => Self::connect_postgres_waiting(settings, schema).await?,
             Backend::Sqlite => Self::connect_sqlite(settings, schema).await?,
         };
         Ok(Self {
@@ -112,6 +119,33 @@ impl Database {
             backend,
             schema: schema.to_owned(),
         })
+    }
+
+    /// [`Self::connect_postgres`], retried with back-off while the server cannot be reached
+    /// or is still starting, for up to `startup_wait`. Found by the chaos suite: a notifier
+    /// started while Postgres was down exited with "pool timed out while waiting for an open
+    /// connection".
+    async fn connect_postgres_waiting(
+        settings: &DatabaseSettings,
+        schema: &str,
+    ) -> Result<sqlx::AnyPool, StorageError> {
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match Self::connect_postgres(settings, schema).await {
+                Ok(pool) => return Ok(pool),
+                Err(e) if is_unreachable(&e) && started.elapsed() < settings.startup_wait => {
+                    tracing::warn!(
+                        error = %e,
+                        schema,
+                        "the database is not reachable yet; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn connect_postgres(
@@ -219,6 +253,18 @@ fn sqlite_path_for_schema(url: &str, schema: &str) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "palisade".to_owned());
     path.with_file_name(format!("{stem}.{schema}.db"))
+}
+
+/// Errors that mean "not now" rather than "never": no connection (refused, reset, timed out)
+/// or a server that is starting, shutting down or recovering (SQLSTATE class 57P).
+fn is_unreachable(e: &StorageError) -> bool {
+    match e {
+        StorageError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+        StorageError::Sqlx(sqlx::Error::Database(db)) => {
+            db.code().is_some_and(|code| code.starts_with("57P"))
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
