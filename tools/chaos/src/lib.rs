@@ -79,7 +79,7 @@ impl Options {
             customers: 10,
             alerts: 240,
             load_for: Duration::from_secs(30),
-            fault_gap: (Duration::from_secs(3), Duration::from_secs(5)),
+            fault_gap: (Duration::from_secs(2), Duration::from_secs(4)),
             drain_timeout: Duration::from_secs(90),
             bin_dir,
             keep: false,
@@ -130,9 +130,15 @@ impl Report {
                 "    {name:<14} {starts:>3} / {kills:>3} / {:>3}",
                 exits.len()
             ));
+            // The status, then the end of the log, where the reason is.
             for exit in exits.iter().take(3) {
-                for l in exit.lines().take(4) {
-                    line(format!("        {l}"));
+                let lines: Vec<&str> = exit.lines().collect();
+                line(format!("        {}", lines.first().unwrap_or(&"")));
+                for l in &lines[lines.len().saturating_sub(3).max(1)..] {
+                    line(format!(
+                        "        {}",
+                        l.chars().take(300).collect::<String>()
+                    ));
                 }
             }
         }
@@ -230,6 +236,10 @@ enum Fault {
     Kill(&'static str),
     Redis,
     Postgres,
+    /// A service killed and started again while Postgres is down: does it wait or exit?
+    KillWhilePostgresDown(&'static str),
+    /// The same while Redis is down.
+    KillWhileRedisDown(&'static str),
 }
 
 /// Runs the whole thing and reports; an `Err` means the harness itself could not run.
@@ -325,7 +335,7 @@ async fn run_in(options: &Options, work: &Path) -> anyhow::Result<Report> {
     let _ = redis.kill().await;
     let _ = postgres.stop_immediate().await;
     let (faults, findings, load_seconds, drain_seconds) = outcome?;
-    let processes = fleet
+    let processes: Vec<(String, u32, u32, Vec<String>)> = fleet
         .processes
         .lock()
         .await
@@ -339,7 +349,18 @@ async fn run_in(options: &Options, work: &Path) -> anyhow::Result<Report> {
             )
         })
         .collect();
-    let violations = findings.violations();
+    let mut violations = findings.violations();
+    // A service should wait for what it depends on, not exit: Kubernetes would restart it,
+    // but a crash loop delays recovery and hides the cause.
+    for (name, _, _, exits) in &processes {
+        if let Some(first) = exits.first() {
+            violations.push(format!(
+                "{name} exited by itself {} times (first: {})",
+                exits.len(),
+                first.lines().next().unwrap_or_default()
+            ));
+        }
+    }
     Ok(Report {
         seed,
         faults,
@@ -614,7 +635,12 @@ async fn drive(
     let mut plan: Vec<Fault> = SERVICES
         .iter()
         .map(|s| Fault::Kill(s))
-        .chain([Fault::Redis, Fault::Postgres])
+        .chain([
+            Fault::Redis,
+            Fault::Postgres,
+            Fault::KillWhilePostgresDown(SERVICES[rng.gen_range(0..SERVICES.len())]),
+            Fault::KillWhileRedisDown(SERVICES[rng.gen_range(0..SERVICES.len())]),
+        ])
         .collect();
     plan.shuffle(&mut rng);
     // Microsoft misbehaves too: some token answers arrive cut in half after the refresh token
@@ -700,10 +726,12 @@ async fn drive(
         }
         let fault = match plan.get(next) {
             Some(f) => *f,
-            None => match rng.gen_range(0..8) {
+            None => match rng.gen_range(0..10) {
                 0 => Fault::Redis,
                 1 => Fault::Postgres,
-                n => Fault::Kill(SERVICES[(n - 2) % SERVICES.len()]),
+                2 => Fault::KillWhilePostgresDown(SERVICES[rng.gen_range(0..SERVICES.len())]),
+                3 => Fault::KillWhileRedisDown(SERVICES[rng.gen_range(0..SERVICES.len())]),
+                n => Fault::Kill(SERVICES[(n - 4) % SERVICES.len()]),
             },
         };
         next += 1;
@@ -734,6 +762,31 @@ async fn drive(
                 format!(
                     "pg_ctl -m immediate stop, started again after {} ms",
                     down.as_millis()
+                )
+            }
+            Fault::KillWhilePostgresDown(name) => {
+                postgres.stop_immediate().await?;
+                let pid = fleet.kill(name, Duration::ZERO).await?;
+                // Long enough for the new process to reach its database and find it gone.
+                let outage = down + Duration::from_secs(2);
+                tokio::time::sleep(outage).await;
+                postgres.start().await?;
+                format!(
+                    "pg_ctl -m immediate stop, SIGKILL {name} (pid {}) and start it at once, Postgres back after {} ms",
+                    pid.map_or("-".into(), |p| p.to_string()),
+                    outage.as_millis()
+                )
+            }
+            Fault::KillWhileRedisDown(name) => {
+                redis.kill().await?;
+                let pid = fleet.kill(name, Duration::ZERO).await?;
+                let outage = down + Duration::from_secs(2);
+                tokio::time::sleep(outage).await;
+                redis.start().await?;
+                format!(
+                    "SIGKILL redis-server, SIGKILL {name} (pid {}) and start it at once, Redis back after {} ms",
+                    pid.map_or("-".into(), |p| p.to_string()),
+                    outage.as_millis()
                 )
             }
         };
