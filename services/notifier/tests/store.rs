@@ -831,3 +831,83 @@ backend_conformance!(
     a_batch_ends_where_its_events_one_by_one_end,
     a_batch_ends_where_its_events_one_by_one_end
 );
+
+/// The dispatcher's batched success writer: each delivery gets its own attempt row, count and
+/// text, and a delivery outside the batch is left alone.
+async fn delivered_in_one_batch_keeps_each_rows_own_attempt(backend: TestBackend) {
+    let s = store(&backend).await;
+    let ids = ["b1", "b2", "b3", "untouched"];
+    let planned: Vec<_> = ids.iter().map(|id| delivery(id, T)).collect();
+    s.insert_deliveries(&planned).await.unwrap();
+    assert_eq!(s.claim_due(T, T + 60_000, 10).await.unwrap().len(), 4);
+    let attempt = |id: &str, n: u32| AttemptRecord {
+        delivery_id: id.into(),
+        attempt: n,
+        at: T + 10,
+        http_status: 200,
+        error: format!("{id} accepted"),
+        duration_ms: 3,
+    };
+    let batch = [attempt("b1", 1), attempt("b2", 2), attempt("b3", 1)];
+    s.record_delivered(&batch, T + 20).await.unwrap();
+    for a in &batch {
+        let d = s.get_delivery(&a.delivery_id).await.unwrap().unwrap();
+        assert_eq!(
+            (d.status, d.attempts, d.last_error.as_str()),
+            (
+                DeliveryStatus::Delivered as i32,
+                a.attempt,
+                a.error.as_str()
+            ),
+            "{}",
+            a.delivery_id
+        );
+    }
+    let rest = s.get_delivery("untouched").await.unwrap().unwrap();
+    assert_eq!(
+        (rest.status, rest.attempts),
+        (DeliveryStatus::Sending as i32, 0)
+    );
+    let logged = s
+        .list_deliveries(
+            P,
+            &DeliveryFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let attempts: Vec<_> = logged
+        .iter()
+        .flat_map(|(_, a)| a.iter().map(|a| (a.delivery_id.clone(), a.attempt)))
+        .collect();
+    for a in &batch {
+        assert!(
+            attempts.contains(&(a.delivery_id.clone(), a.attempt)),
+            "{} logged",
+            a.delivery_id
+        );
+    }
+    // A replayed batch (the writer retried after a lost commit) changes nothing.
+    s.record_delivered(&batch, T + 30).await.unwrap();
+    assert_eq!(
+        s.list_deliveries(
+            P,
+            &DeliveryFilter {
+                limit: 100,
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, a)| a.len())
+        .sum::<usize>(),
+        3
+    );
+}
+backend_conformance!(
+    delivered_in_one_batch_keeps_each_rows_own_attempt,
+    delivered_in_one_batch_keeps_each_rows_own_attempt
+);

@@ -78,7 +78,14 @@ fn note(o: &Outcome, w: &Workload) -> String {
         o.delivered(),
         o.healthy_events,
         o.latencies_ms.last().copied().unwrap_or(f64::NAN),
-    )
+    ) + &o
+        .planned_to_sent_ms
+        .map(|(p50, p99)| {
+            format!(
+                "; dispatch stage alone (planned row to answer) p50 {p50:.0} ms, p99 {p99:.0} ms"
+            )
+        })
+        .unwrap_or_default()
 }
 
 /// The three rows: the floor, healthy, and 30 % failing or slow. A smoke run offers 200/s

@@ -1417,9 +1417,56 @@ impl NotifyStore for SqlStore {
     }
 
     async fn record_delivered(&self, attempts: &[AttemptRecord], now: i64) -> Result<()> {
+        // Two multi-row statements per chunk instead of two statements per attempt: at a
+        // thousand deliveries a second the single writer was spending its time on round trips.
         let mut tx = self.pool().begin().await?;
-        for a in attempts {
-            record_attempt_in(&mut tx, a, AttemptResult::Delivered, now).await?;
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT / 2) {
+            let sql = format!(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
+                 duration_ms) VALUES {} ON CONFLICT (delivery_id, attempt) DO NOTHING",
+                placeholders(chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for a in chunk {
+                q = q
+                    .bind(&a.delivery_id)
+                    .bind(i64::from(a.attempt))
+                    .bind(a.at)
+                    .bind(i64::from(a.http_status))
+                    .bind(&a.error)
+                    .bind(i64::from(a.duration_ms));
+            }
+            q.execute(&mut *tx).await?;
+            // Per-row values through CASE on the id: plain SQL that both backends run. Binds:
+            // $1 status, $2 now, then (id, attempt, error) per row from $3.
+            let n = chunk.len();
+            let case = |col: usize| {
+                (0..n)
+                    .map(|r| format!("WHEN ${} THEN ${}", 3 + r * 3, 3 + r * 3 + col))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let ids = (0..n)
+                .map(|r| format!("${}", 3 + r * 3))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, \
+                 updated_at = $2, attempts = CASE delivery_id {} END, \
+                 last_error = CASE delivery_id {} END WHERE delivery_id IN ({ids})",
+                case(1),
+                case(2)
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(DeliveryStatus::Delivered as i32 as i64)
+                .bind(now);
+            for a in chunk {
+                q = q
+                    .bind(&a.delivery_id)
+                    .bind(i64::from(a.attempt))
+                    .bind(&a.error);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
