@@ -774,32 +774,7 @@ impl EntraClient {
             .bytes()
             .await
             .map_err(|e| EntraError::Network(e.without_url().to_string()))?;
-        if (200..300).contains(&status) {
-            return parse_success(&body);
-        }
-        match serde_json::from_slice::<RawError>(&body) {
-            Ok(raw) if !raw.error.is_empty() => Err(EntraError::Aadsts(AadstsError {
-                status,
-                error: raw.error,
-                codes: raw
-                    .error_codes
-                    .iter()
-                    .filter_map(Num::as_i64)
-                    .filter_map(|c| u32::try_from(c).ok())
-                    .collect(),
-                description: raw.error_description,
-                trace_id: raw.trace_id,
-                correlation_id: raw.correlation_id,
-                retry_after,
-            })),
-            _ if status == 429 || status >= 500 => Err(EntraError::Unavailable {
-                status,
-                retry_after,
-            }),
-            _ => Err(EntraError::Malformed(format!(
-                "http {status} without an OAuth error body"
-            ))),
-        }
+        parse_token_response(status, retry_after, &body)
     }
 
     /// [`Self::redeem`], retrying transient failures per `policy`.
@@ -824,6 +799,42 @@ impl EntraClient {
                 other => return other,
             }
         }
+    }
+}
+
+/// What the token endpoint answered, from its status, `Retry-After` and body: a token, an
+/// AADSTS error (branch on `error` and `error_codes`), or unavailable/malformed. Public so
+/// that it can be fuzzed: the body is whatever the network delivered.
+pub fn parse_token_response(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Result<TokenResponse, EntraError> {
+    if (200..300).contains(&status) {
+        return parse_success(body);
+    }
+    match serde_json::from_slice::<RawError>(body) {
+        Ok(raw) if !raw.error.is_empty() => Err(EntraError::Aadsts(AadstsError {
+            status,
+            error: raw.error,
+            codes: raw
+                .error_codes
+                .iter()
+                .filter_map(Num::as_i64)
+                .filter_map(|c| u32::try_from(c).ok())
+                .collect(),
+            description: raw.error_description,
+            trace_id: raw.trace_id,
+            correlation_id: raw.correlation_id,
+            retry_after,
+        })),
+        _ if status == 429 || status >= 500 => Err(EntraError::Unavailable {
+            status,
+            retry_after,
+        }),
+        _ => Err(EntraError::Malformed(format!(
+            "http {status} without an OAuth error body"
+        ))),
     }
 }
 

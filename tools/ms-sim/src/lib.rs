@@ -36,7 +36,7 @@ pub use alerts::{ALERT_TYPES, AlertSpec};
 pub use control::{Control, RequestFilter};
 pub use entra::{ARM, GRAPH, KEY_VAULT, PARTNER_CENTER};
 pub use faults::{Fault, FaultKind};
-pub use pki::WEBHOOK_SIGNER_CN;
+pub use pki::{WEBHOOK_SIGNER_CN, WebhookPki};
 pub use scenario::{Scenario, ScenarioConfig};
 pub use webhooks::{DeliveryAttempt, WebhookDelivery};
 

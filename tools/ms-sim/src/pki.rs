@@ -61,7 +61,8 @@ pub(crate) fn app_certificate(seed: u64, client_id: &str) -> anyhow::Result<AppC
     })
 }
 
-/// The webhook signing chain.
+/// The webhook signing chain: a root CA with `O=Microsoft Corporation` and the dispatcher's
+/// leaf certificate. Public so that verifier tests and fuzz seeds can sign bodies offline.
 pub struct WebhookPki {
     pub root_pem: String,
     pub signer_der: Vec<u8>,
