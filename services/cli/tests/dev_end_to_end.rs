@@ -75,13 +75,16 @@ fn the_quickstart_works_against_a_real_dev_process() {
         .spawn()
         .expect("start palisade dev"));
 
-    // Ready when the admin credential exists and the notifier answers.
+    // Ready when the admin credential exists and the notifier answers with the demo's seed (the
+    // compliance contact): the credential is written before the demo has seeded anything.
     let credential_file = dir.join(".palisade/admin-credential");
     let started = Instant::now();
     let credential = loop {
         if let Ok(c) = std::fs::read_to_string(&credential_file) {
             let out = cli(&dir, &c, &["notify", "contacts", "status", "-o", "json"]);
-            if out.status.success() {
+            let seeded = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|status| status["compliance_contact_present"] == true);
+            if out.status.success() && seeded {
                 break c;
             }
         }
