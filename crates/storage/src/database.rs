@@ -134,7 +134,7 @@ impl Database {
         loop {
             match Self::connect_postgres(settings, schema).await {
                 Ok(pool) => return Ok(pool),
-                Err(e) if is_unreachable(&e) && started.elapsed() < settings.startup_wait => {
+                Err(e) if e.is_unavailable() && started.elapsed() < settings.startup_wait => {
                     tracing::warn!(
                         error = %e,
                         schema,
@@ -255,14 +255,26 @@ fn sqlite_path_for_schema(url: &str, schema: &str) -> PathBuf {
     path.with_file_name(format!("{stem}.{schema}.db"))
 }
 
-/// Errors that mean "not now" rather than "never": no connection (refused, reset, timed out)
-/// or a server that is starting, shutting down or recovering (SQLSTATE class 57P).
-fn is_unreachable(e: &StorageError) -> bool {
-    match e {
-        StorageError::Sqlx(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
-        StorageError::Sqlx(sqlx::Error::Database(db)) => {
-            db.code().is_some_and(|code| code.starts_with("57P"))
+impl StorageError {
+    /// Whether this means "not now" rather than "never": the database is unreachable or
+    /// restarting, so the caller should retry (gRPC `UNAVAILABLE`, not `INTERNAL`).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Sqlx(e) => is_unavailable(e),
+            _ => false,
         }
+    }
+}
+
+/// Errors that mean "not now" rather than "never": no connection (refused, reset, timed out,
+/// pool closing), a broken connection (SQLSTATE class 08), a server that is starting, shutting
+/// down or recovering (class 57P), or one out of connection slots (53300).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("57P") || code.starts_with("08") || code == "53300"
+        }),
         _ => false,
     }
 }

@@ -8,7 +8,7 @@
 mod database;
 mod migrate;
 
-pub use database::{Backend, Database, DatabaseSettings, StorageError};
+pub use database::{Backend, Database, DatabaseSettings, StorageError, is_unavailable};
 pub use migrate::Migration;
 
 /// Milliseconds since the Unix epoch: the one timestamp format stored in every table, because

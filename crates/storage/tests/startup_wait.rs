@@ -80,5 +80,39 @@ async fn without_a_startup_wait_an_unreachable_database_fails_at_once() {
         startup_wait: Duration::ZERO,
         ..Default::default()
     };
-    assert!(Database::connect(&settings, "fails").await.is_err());
+    let err = Database::connect(&settings, "fails").await.unwrap_err();
+    assert!(
+        err.is_unavailable(),
+        "a refused connection is UNAVAILABLE: {err}"
+    );
+}
+
+/// What the services map to `UNAVAILABLE` (retry) rather than `INTERNAL`: a connection that
+/// the server ends (as Postgres does when it shuts down or restarts), not a bad statement.
+#[tokio::test]
+async fn a_terminated_connection_is_unavailable_and_a_bad_statement_is_not() {
+    let db = TestDatabase::create().await;
+    let database = Database::connect(
+        &DatabaseSettings {
+            url: db.url().to_owned().into(),
+            ..Default::default()
+        },
+        "outage",
+    )
+    .await
+    .unwrap();
+    let bad = sqlx::query("SELEC 1")
+        .execute(database.pool())
+        .await
+        .unwrap_err();
+    assert!(!palisade_storage::is_unavailable(&bad), "{bad}");
+    let terminated = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(database.pool())
+        .await
+        .unwrap_err();
+    assert!(
+        palisade_storage::is_unavailable(&terminated),
+        "{terminated:?}"
+    );
+    database.close().await;
 }

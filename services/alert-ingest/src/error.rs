@@ -37,6 +37,9 @@ impl palisade_server::ServiceError for IngestError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            // A database that is down or restarting: the caller may retry.
+            Self::Storage(e) if e.is_unavailable() => ErrorCode::Unavailable,
+            Self::Database(e) if palisade_storage::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Storage(_) | Self::Database(_) | Self::Corrupt(_) | Self::Internal(_) => {
                 ErrorCode::Internal
             }

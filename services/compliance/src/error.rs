@@ -43,6 +43,9 @@ impl palisade_server::ServiceError for ComplianceError {
             Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Self::Busy(_) => ErrorCode::AlreadyExists,
             Self::LeaseLost(_) => ErrorCode::Unavailable,
+            // A database that is down or restarting: the caller may retry.
+            Self::Storage(e) if e.is_unavailable() => ErrorCode::Unavailable,
+            Self::Database(e) if palisade_storage::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Storage(_) | Self::Database(_) | Self::Corrupt(_) | Self::Internal(_) => {
                 ErrorCode::Internal
             }
