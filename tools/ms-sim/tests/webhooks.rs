@@ -73,10 +73,10 @@ async fn wait_for(received: &Received, count: usize) -> Vec<(HeaderMap, Bytes)> 
 /// The newest delivery the simulator recorded, once it has stopped retrying.
 async fn last_finished_delivery(sim: &ms_sim::MsSim) -> ms_sim::WebhookDelivery {
     for _ in 0..400 {
-        if let Some(delivery) = sim.control().webhook_deliveries().pop() {
-            if delivery.finished {
-                return delivery;
-            }
+        if let Some(delivery) = sim.control().webhook_deliveries().pop()
+            && delivery.finished
+        {
+            return delivery;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
