@@ -493,7 +493,8 @@ pub fn router(sim: Sim) -> Router {
                     "operator": {"tenant_id": operator.tenant_id, "client_id": operator.client_id},
                     "urls": {"login": c.sim.urls().login.as_str(), "partner_center": c.sim.urls().partner_center.as_str(),
                              "graph": c.sim.urls().graph.as_str(), "key_vault": c.sim.urls().key_vault.as_str(),
-                             "certificates": c.sim.urls().certificates.as_str()}}))
+                             "certificates": c.sim.urls().certificates.as_str(),
+                             "vault_transit": c.sim.urls().vault_transit.as_str()}}))
             }),
         )
         .with_state(control)

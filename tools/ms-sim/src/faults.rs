@@ -24,7 +24,8 @@ pub enum FaultKind {
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Fault {
-    /// `login`, `partner_center`, `graph`, `key_vault`, `certificates`; any when absent.
+    /// `login`, `partner_center`, `graph`, `key_vault`, `certificates`, `vault_transit`; any
+    /// when absent.
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default)]

@@ -208,6 +208,8 @@ pub fn error(host: Host, status: StatusCode, code: &str, message: &str) -> Respo
         Host::PartnerCenter => json!({
             "code": code, "description": message, "data": [], "source": "PartnerFD",
         }),
+        // Vault's error body is a list of messages and nothing else.
+        Host::VaultTransit => json!({"errors": [message]}),
         Host::Graph | Host::KeyVault | Host::Certificates => json!({"error": {
             "code": code, "message": message,
             "innerError": {"date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(), "request-id": request_id, "client-request-id": request_id},

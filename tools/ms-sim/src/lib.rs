@@ -6,7 +6,9 @@
 //!
 //! Each Microsoft host is its own listener (a client that mixes up base URLs fails as it would
 //! in production): Entra ID, Partner Center, Microsoft Graph, Key Vault, and the blob host that
-//! serves the webhook signing certificate. A control API (and its in-process twin, [`Control`])
+//! serves the webhook signing certificate. One more listener is not Microsoft: a stand-in for
+//! HashiCorp Vault's transit engine (`vault_transit.rs`), for the token broker's Vault key
+//! provider, because no Vault binary runs where Palisade is tested. A control API (and its in-process twin, [`Control`])
 //! moves the clock, changes the world, injects faults and reads back every request.
 
 mod alerts;
@@ -20,6 +22,7 @@ mod key_vault;
 mod partner_center;
 mod pki;
 pub mod scenario;
+mod vault_transit;
 mod webhooks;
 mod world;
 
@@ -38,6 +41,7 @@ pub use entra::{ARM, GRAPH, KEY_VAULT, PARTNER_CENTER};
 pub use faults::{Fault, FaultKind};
 pub use pki::{WEBHOOK_SIGNER_CN, WebhookPki};
 pub use scenario::{Scenario, ScenarioConfig};
+pub use vault_transit::{DEFAULT_KEY as VAULT_TRANSIT_KEY, DEFAULT_MOUNT as VAULT_TRANSIT_MOUNT};
 pub use webhooks::{DeliveryAttempt, WebhookDelivery};
 
 /// A filter for refresh-token redemptions at the token endpoints.
@@ -62,6 +66,8 @@ pub enum Host {
     KeyVault,
     /// The storage account that serves the webhook signing certificate.
     Certificates,
+    /// Not Microsoft: a HashiCorp Vault server's transit engine (`/v1/{mount}/...`).
+    VaultTransit,
 }
 
 impl Host {
@@ -72,6 +78,7 @@ impl Host {
             Self::Graph => "graph",
             Self::KeyVault => "key_vault",
             Self::Certificates => "certificates",
+            Self::VaultTransit => "vault_transit",
         }
     }
 }
@@ -84,12 +91,13 @@ pub struct Ports {
     pub graph: u16,
     pub key_vault: u16,
     pub certificates: u16,
+    pub vault_transit: u16,
     pub control: u16,
 }
 
 impl Ports {
-    /// Six consecutive ports from `base`: control, login, Partner Center, Graph, Key Vault,
-    /// certificates.
+    /// Seven consecutive ports from `base`: control, login, Partner Center, Graph, Key Vault,
+    /// certificates, and the Vault transit stand-in.
     pub fn from_base(base: u16) -> Self {
         Self {
             control: base,
@@ -98,6 +106,7 @@ impl Ports {
             graph: base + 3,
             key_vault: base + 4,
             certificates: base + 5,
+            vault_transit: base + 6,
         }
     }
 }
@@ -162,6 +171,7 @@ pub(crate) struct Urls {
     pub graph: url::Url,
     pub key_vault: url::Url,
     pub certificates: url::Url,
+    pub vault_transit: url::Url,
 }
 
 struct Inner {
@@ -175,6 +185,7 @@ struct Inner {
     world: Mutex<world::World>,
     faults: Mutex<faults::Faults>,
     key_vault: Mutex<key_vault::Vault>,
+    transit: Mutex<vault_transit::Transit>,
     webhook_pki: OnceLock<pki::WebhookPki>,
     webhooks: webhooks::Outbox,
     urls: OnceLock<Urls>,
@@ -210,6 +221,9 @@ impl Sim {
     }
     fn with_vault<R>(&self, f: impl FnOnce(&mut key_vault::Vault) -> R) -> R {
         f(&mut lock(&self.0.key_vault))
+    }
+    fn with_transit<R>(&self, f: impl FnOnce(&mut vault_transit::Transit) -> R) -> R {
+        f(&mut lock(&self.0.transit))
     }
     fn webhook_pki(&self) -> &pki::WebhookPki {
         self.0.webhook_pki.get_or_init(|| {
@@ -273,6 +287,15 @@ impl MsSim {
     pub fn key_vault_url(&self) -> url::Url {
         self.sim.urls().key_vault.clone()
     }
+    /// Not Microsoft: the HashiCorp Vault transit stand-in, `{vault_transit}v1/transit/...`
+    /// (the address a Vault client is configured with).
+    pub fn vault_transit_url(&self) -> url::Url {
+        self.sim.urls().vault_transit.clone()
+    }
+    /// The `X-Vault-Token` the Vault stand-in accepts (derived from the seed).
+    pub fn vault_transit_token(&self) -> String {
+        vault_transit::root_token(self.sim.scenario().seed)
+    }
     /// Where `X-MS-Certificate-Url` points.
     pub fn certificate_url(&self) -> url::Url {
         webhooks::certificate_url(&self.sim)
@@ -314,6 +337,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<MsSim> {
         world: Mutex::new(world::World::new(config.realistic_throttles)),
         faults: Mutex::new(faults::Faults::default()),
         key_vault: Mutex::new(key_vault::Vault::default()),
+        transit: Mutex::new(vault_transit::Transit::new(config.seed)),
         webhook_pki: OnceLock::new(),
         webhooks: outbox,
         urls: OnceLock::new(),
@@ -329,6 +353,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<MsSim> {
         (Host::Graph, bind(ports.graph).await?),
         (Host::KeyVault, bind(ports.key_vault).await?),
         (Host::Certificates, bind(ports.certificates).await?),
+        (Host::VaultTransit, bind(ports.vault_transit).await?),
     ];
     let control_listener = bind(ports.control).await?;
     let address = |host: Host| {
@@ -345,6 +370,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<MsSim> {
         graph: address(Host::Graph),
         key_vault: address(Host::KeyVault),
         certificates: address(Host::Certificates),
+        vault_transit: address(Host::VaultTransit),
     });
     let control = control_listener.local_addr()?;
 
@@ -364,6 +390,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<MsSim> {
             Host::Graph => graph::router(sim.clone()),
             Host::KeyVault => key_vault::router(sim.clone()),
             Host::Certificates => webhooks::certificate_router(sim.clone()),
+            Host::VaultTransit => vault_transit::router(sim.clone()),
         };
         serve(listener, http::observed(sim.clone(), host, router));
     }

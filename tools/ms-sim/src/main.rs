@@ -12,8 +12,8 @@ struct Args {
     seed: u64,
     #[arg(long, default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
-    /// Control API on this port; Entra ID, Partner Center, Graph, Key Vault and the
-    /// certificate host on the next five.
+    /// Control API on this port; Entra ID, Partner Center, Graph, Key Vault, the
+    /// certificate host and the Vault transit stand-in (not Microsoft) on the next six.
     #[arg(long, default_value_t = 7000)]
     base_port: u16,
     #[arg(long, default_value_t = 2)]
@@ -53,14 +53,18 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     println!(
-        "control:        {}\nEntra ID:       {}\nPartner Center: {}\nGraph:          {}\nKey Vault:      {}\ncertificates:   {}",
+        "control:        {}\nEntra ID:       {}\nPartner Center: {}\nGraph:          {}\nKey Vault:      {}\ncertificates:   {}\nVault transit:  {} (a HashiCorp Vault stand-in, mount {})",
         sim.control_url(),
         sim.login_url(),
         sim.partner_center_url(),
         sim.graph_url(),
         sim.key_vault_url(),
         sim.certificate_url(),
+        sim.vault_transit_url(),
+        ms_sim::VAULT_TRANSIT_MOUNT,
     );
+    // A local tool's fixed, seed-derived token, printed so a developer can point the broker at it.
+    println!("Vault transit token: {}", sim.vault_transit_token());
     let operator = &sim.scenario().operator;
     println!(
         "operator tenant {} app {} (Key Vault, client credentials)",
