@@ -35,6 +35,10 @@ pub enum CryptoError {
     InvalidKey(String),
     #[error("key provider failed: {0}")]
     Provider(String),
+    /// The key provider is unreachable, overloaded or failing on its side (network, 429, 5xx)
+    /// after the provider's own retries: worth retrying later, nothing is wrong with the data.
+    #[error("key provider temporarily unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Seals and opens records under data keys wrapped by the configured KEK.

@@ -48,6 +48,9 @@ impl palisade_server::ServiceError for BrokerError {
             Self::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            // The key provider failing on its side (after its retries) is worth a retry by
+            // the caller, unlike a record that does not decrypt.
+            Self::Crypto(palisade_crypto::CryptoError::Unavailable(_)) => ErrorCode::Unavailable,
             Self::Storage(_) | Self::Database(_) | Self::Crypto(_) | Self::Internal(_) => {
                 ErrorCode::Internal
             }

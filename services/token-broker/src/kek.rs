@@ -1,5 +1,6 @@
 //! Key-encryption-key providers the broker can rotate: local keys (a file or configuration,
-//! the embedded default) and an Azure Key Vault key (`wrapkey`/`unwrapkey` over REST).
+//! the embedded default), an Azure Key Vault key (`wrapkey`/`unwrapkey` over REST) and a
+//! HashiCorp Vault transit key (`encrypt`/`decrypt` over HTTP).
 //!
 //! Rotation creates a new KEK version that new seals use at once; old versions stay readable,
 //! so the online rewrap (`RotateKey`) can run while tokens are minted and stored.
@@ -13,6 +14,8 @@ use std::{
 use base64::Engine;
 use palisade_crypto::{CryptoError, KeyEncryptionKey, LocalKek, WrappedKey};
 use palisade_microsoft::key_vault::KeyVaultClient;
+
+use crate::vault_transit::{VaultTransitClient, VaultTransitError, version_of_ciphertext};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
@@ -213,7 +216,11 @@ impl KeyVaultKek {
 }
 
 fn provider_error(e: palisade_microsoft::key_vault::KeyVaultError) -> CryptoError {
-    CryptoError::Provider(e.to_string())
+    if e.is_transient() {
+        CryptoError::Unavailable(e.to_string())
+    } else {
+        CryptoError::Provider(e.to_string())
+    }
 }
 
 #[async_trait::async_trait]
@@ -273,6 +280,106 @@ impl KeyEncryptionKey for KeyVaultKek {
 impl RotatingKek for KeyVaultKek {
     async fn rotate(&self) -> Result<Option<String>, CryptoError> {
         let version = self.client.rotate().await.map_err(provider_error)?;
+        *self.current.lock().await = Some((version.clone(), Instant::now()));
+        Ok(Some(version))
+    }
+}
+
+/// A HashiCorp Vault transit key: data keys are encrypted by Vault, which never lets the key
+/// out. The wrapped key is Vault's `vault:v{N}:…` ciphertext and the record's key version is
+/// `v{N}`, taken from that prefix. The latest version is cached for a minute.
+pub struct VaultTransitKek {
+    client: VaultTransitClient,
+    current: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl std::fmt::Debug for VaultTransitKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultTransitKek")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+impl VaultTransitKek {
+    pub fn new(client: VaultTransitClient) -> Self {
+        Self {
+            client,
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+fn transit_error(e: VaultTransitError) -> CryptoError {
+    match e {
+        // Indistinguishable, to a caller, from a local key that does not open the record.
+        VaultTransitError::Ciphertext(_) => CryptoError::Decrypt,
+        e if e.is_transient() => CryptoError::Unavailable(e.to_string()),
+        e => CryptoError::Provider(e.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyEncryptionKey for VaultTransitKek {
+    fn provider(&self) -> &'static str {
+        "vault-transit"
+    }
+
+    async fn current_version(&self) -> Result<String, CryptoError> {
+        let mut cached = self.current.lock().await;
+        if let Some((version, at)) = cached.as_ref()
+            && at.elapsed() < VERSION_CACHE
+        {
+            return Ok(version.clone());
+        }
+        let version = format!(
+            "v{}",
+            self.client.latest_version().await.map_err(transit_error)?
+        );
+        *cached = Some((version.clone(), Instant::now()));
+        Ok(version)
+    }
+
+    async fn wrap(&self, data_key: &[u8; 32]) -> Result<WrappedKey, CryptoError> {
+        let (version, ciphertext) = self.client.encrypt(data_key).await.map_err(transit_error)?;
+        Ok(WrappedKey {
+            key_version: format!("v{version}"),
+            wrapped: ciphertext.into_bytes(),
+        })
+    }
+
+    async fn unwrap(
+        &self,
+        key_version: &str,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        let ciphertext = std::str::from_utf8(wrapped)
+            .map_err(|_| CryptoError::Malformed("a vault ciphertext is text"))?;
+        // Vault decrypts by the ciphertext's own prefix; a record whose label disagrees has
+        // been altered or mixed up, and must not open under either.
+        let labelled = key_version
+            .strip_prefix('v')
+            .and_then(|v| v.parse::<u32>().ok());
+        if labelled.is_none() || labelled != version_of_ciphertext(ciphertext) {
+            return Err(CryptoError::UnknownKeyVersion(key_version.to_owned()));
+        }
+        let plain = self
+            .client
+            .decrypt(ciphertext)
+            .await
+            .map_err(transit_error)?;
+        let key: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Malformed("data key length"))?;
+        Ok(Zeroizing::new(key))
+    }
+}
+
+#[async_trait::async_trait]
+impl RotatingKek for VaultTransitKek {
+    async fn rotate(&self) -> Result<Option<String>, CryptoError> {
+        let version = format!("v{}", self.client.rotate().await.map_err(transit_error)?);
         *self.current.lock().await = Some((version.clone(), Instant::now()));
         Ok(Some(version))
     }

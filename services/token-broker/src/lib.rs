@@ -8,8 +8,8 @@
 //! and audits every redemption. No RPC ever returns a refresh token or a secret.
 //!
 //! Layout: [`broker`] is the core, [`service`] the gRPC surface, [`store`] the tables (Postgres
-//! or SQLite), [`lock`] the cross-replica refresh lease, [`kek`] the key providers, [`health`]
-//! the AADSTS classification.
+//! or SQLite), [`lock`] the cross-replica refresh lease, [`kek`] the key providers (with
+//! [`vault_transit`] the HashiCorp Vault client), [`health`] the AADSTS classification.
 
 pub mod broker;
 pub mod error;
@@ -19,6 +19,7 @@ pub mod lock;
 pub mod race;
 pub mod service;
 pub mod store;
+pub mod vault_transit;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -54,6 +55,8 @@ pub enum KekProvider {
     #[default]
     Local,
     AzureKeyVault,
+    /// A HashiCorp Vault transit key (`kek.vault_transit`).
+    VaultTransit,
 }
 
 /// `[kek]`: what wraps the data keys. Never serialised: it may hold key material.
@@ -65,6 +68,7 @@ pub struct KekSettings {
     pub keys: Option<SecretString>,
     pub key_file: Option<PathBuf>,
     pub key_vault: KeyVaultSettings,
+    pub vault_transit: VaultTransitSettings,
 }
 
 impl std::fmt::Debug for KekSettings {
@@ -74,6 +78,7 @@ impl std::fmt::Debug for KekSettings {
             .field("keys", &self.keys.as_ref().map(|_| "[redacted]"))
             .field("key_file", &self.key_file)
             .field("key_vault", &self.key_vault)
+            .field("vault_transit", &self.vault_transit)
             .finish()
     }
 }
@@ -118,6 +123,109 @@ impl std::fmt::Debug for KeyVaultSettings {
                 &self.client_secret.as_ref().map(|_| "[redacted]"),
             )
             .finish()
+    }
+}
+
+/// `[kek.vault_transit]`: a HashiCorp Vault transit key that encrypts the data keys.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultTransitSettings {
+    /// Vault's address, e.g. `https://vault.example:8200` (the API is under `/v1/`).
+    pub address: Option<String>,
+    /// Where the transit engine is mounted.
+    pub mount: String,
+    pub key_name: String,
+    /// A Vault Enterprise namespace (`X-Vault-Namespace`); none for the root namespace.
+    pub namespace: Option<String>,
+    /// The token itself; or `token_file`, never both.
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
+    /// A file holding the token (a mounted Kubernetes secret, a Vault Agent sink), read again
+    /// whenever it changes.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificates to trust for Vault's TLS certificate (a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for VaultTransitSettings {
+    fn default() -> Self {
+        Self {
+            address: None,
+            mount: "transit".into(),
+            key_name: "palisade-kek".into(),
+            namespace: None,
+            token: None,
+            token_file: None,
+            ca_file: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for VaultTransitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultTransitSettings")
+            .field("address", &self.address)
+            .field("mount", &self.mount)
+            .field("key_name", &self.key_name)
+            .field("namespace", &self.namespace)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl VaultTransitSettings {
+    fn validate(&self) -> Result<(), palisade_config::ConfigError> {
+        use palisade_config::ConfigError;
+        let Some(address) = &self.address else {
+            return Err(ConfigError::invalid(
+                "kek.vault_transit.address",
+                "required with the vault_transit provider",
+            ));
+        };
+        match url::Url::parse(address) {
+            Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "kek.vault_transit.address",
+                    "not an http(s) URL",
+                ));
+            }
+        }
+        // Vault's own name rules for mounts and keys; anything else would change the path.
+        let path_safe = |value: &str, slashes: bool| {
+            !value.is_empty()
+                && value.split('/').all(|s| s != ".." && s != ".")
+                && value.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || matches!(c, '-' | '_' | '.')
+                        || (slashes && c == '/')
+                })
+        };
+        if !path_safe(self.mount.trim_matches('/'), true) {
+            return Err(ConfigError::invalid(
+                "kek.vault_transit.mount",
+                "letters, digits, '-', '_', '.' and '/' only",
+            ));
+        }
+        if !path_safe(&self.key_name, false) {
+            return Err(ConfigError::invalid(
+                "kek.vault_transit.key_name",
+                "letters, digits, '-', '_' and '.' only",
+            ));
+        }
+        match (&self.token, &self.token_file) {
+            (None, None) => Err(ConfigError::invalid(
+                "kek.vault_transit.token",
+                "set token or token_file",
+            )),
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                "kek.vault_transit.token_file",
+                "token and token_file are both set; keep one",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -223,6 +331,9 @@ impl palisade_config::Validate for Settings {
                 ));
             }
         }
+        if self.kek.provider == KekProvider::VaultTransit {
+            self.kek.vault_transit.validate()?;
+        }
         Ok(())
     }
 }
@@ -277,6 +388,39 @@ pub fn key_vault_client(
     )?))
 }
 
+/// The Vault transit client of `[kek.vault_transit]` (validated settings).
+pub fn vault_transit_client(
+    settings: &VaultTransitSettings,
+) -> anyhow::Result<vault_transit::VaultTransitClient> {
+    let address = settings
+        .address
+        .as_deref()
+        .context("kek.vault_transit.address is required")?;
+    let address = url::Url::parse(address).context("kek.vault_transit.address")?;
+    let token = match (&settings.token, &settings.token_file) {
+        (Some(token), _) => vault_transit::TokenSource::Static(token.clone()),
+        (None, Some(path)) => vault_transit::TokenSource::File(path.clone()),
+        (None, None) => anyhow::bail!("kek.vault_transit: set token or token_file"),
+    };
+    let ca = settings
+        .ca_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path)
+                .with_context(|| format!("kek.vault_transit.ca_file {}", path.display()))
+        })
+        .transpose()?;
+    vault_transit::VaultTransitClient::new(
+        &address,
+        &settings.mount,
+        &settings.key_name,
+        settings.namespace.clone(),
+        token,
+        ca.as_deref(),
+    )
+    .context("kek.vault_transit")
+}
+
 /// Where the embedded default keeps its key: next to the SQLite database.
 fn default_key_file(database: &DatabaseSettings) -> Option<PathBuf> {
     let url = database.url.expose_secret();
@@ -300,6 +444,9 @@ fn build_kek(
             let client = key_vault.context("kek.key_vault: the vault is not configured")?;
             Ok(Arc::new(kek::KeyVaultKek::new(client)))
         }
+        KekProvider::VaultTransit => Ok(Arc::new(kek::VaultTransitKek::new(vault_transit_client(
+            &settings.kek.vault_transit,
+        )?))),
         KekProvider::Local => {
             if let Some(keys) = &settings.kek.keys {
                 return Ok(Arc::new(

@@ -1,5 +1,6 @@
 //! Envelope encryption: online key rotation under live traffic loses nothing, with a local key
-//! file and with Azure Key Vault (ms-sim's vault) as the key-encryption key.
+//! file, with Azure Key Vault (ms-sim's vault) and with HashiCorp Vault transit (ms-sim's
+//! stand-in) as the key-encryption key.
 
 mod support;
 
@@ -13,7 +14,9 @@ use std::{
 
 use palisade_auth::Scope;
 use palisade_contracts::tokens::v1::{self as pb};
-use palisade_token_broker::{KekProvider, KekSettings, KeyVaultSettings, Settings};
+use palisade_token_broker::{
+    KekProvider, KekSettings, KeyVaultSettings, Settings, VaultTransitSettings,
+};
 use support::*;
 
 async fn rotate(c: &mut Client) -> (String, Vec<pb::RotateKeyProgress>) {
@@ -234,6 +237,7 @@ async fn key_vault_rotation_under_live_traffic_loses_nothing() {
             client_secret: Some(operator.client_secret.clone().into()),
             china: false,
         },
+        vault_transit: VaultTransitSettings::default(),
     };
     rotation_under_traffic(&world, settings, "azure-key-vault").await;
     let vault_calls = world.sim.control().requests(&ms_sim::RequestFilter {
@@ -247,6 +251,36 @@ async fn key_vault_rotation_under_live_traffic_loses_nothing() {
         vault_calls
             .iter()
             .all(|r| r.status < 400 || r.status == 401),
+        "{vault_calls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_transit_rotation_under_live_traffic_loses_nothing() {
+    let world = World::new().await;
+    let mut settings = world.settings();
+    settings.kek = KekSettings {
+        provider: KekProvider::VaultTransit,
+        vault_transit: VaultTransitSettings {
+            address: Some(world.sim.vault_transit_url().to_string()),
+            token: Some(world.sim.vault_transit_token().into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    rotation_under_traffic(&world, settings, "vault-transit").await;
+    let vault_calls = world.sim.control().requests(&ms_sim::RequestFilter {
+        host: Some("vault_transit".into()),
+        ..Default::default()
+    });
+    for operation in ["/encrypt/", "/decrypt/", "/rotate"] {
+        assert!(
+            vault_calls.iter().any(|r| r.path.contains(operation)),
+            "no {operation} call"
+        );
+    }
+    assert!(
+        vault_calls.iter().all(|r| r.status == 200),
         "{vault_calls:?}"
     );
 }
