@@ -245,6 +245,10 @@ async def main():
         "root user": {"podSecurityContext": {"runAsNonRoot": False}},
         "unknown key": {"replicas": 3},
         "keyvault without url": {"encryption": {"provider": "azureKeyVault"}},
+        "vault transit without address": {"encryption": {"provider": "vaultTransit",
+                                                          "vaultTransit": {"existingSecret": {"name": "t"}}}},
+        "vault transit without token secret": {"encryption": {"provider": "vaultTransit",
+                                                               "vaultTransit": {"address": "https://vault:8200"}}},
     }
     for label, values in bad_values.items():
         try:
