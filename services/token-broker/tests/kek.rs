@@ -239,6 +239,7 @@ async fn a_token_file_is_read_again_when_it_changes() {
 
 #[tokio::test]
 async fn vault_failing_on_its_side_is_retried_then_reported_as_transient() {
+    let logs = palisade_testkit::capture_logs();
     let sim = sim().await;
     let kek = transit_kek(&transit_settings(&sim));
     let fault = |count: Option<usize>| ms_sim::Fault {
@@ -270,6 +271,12 @@ async fn vault_failing_on_its_side_is_retried_then_reported_as_transient() {
         tonic::Code::Unavailable
     );
     assert_eq!(transit_calls(&sim).len(), 3);
+    // Each retry is logged, and the token is not in what was logged.
+    assert!(
+        logs.contents()
+            .contains("vault transit call failed; retrying")
+    );
+    logs.assert_absent(&[&sim.vault_transit_token()]);
     // Decryption is not affected by a fault on encryption, and a dropped connection is
     // retried like a 503.
     sim.control().clear_faults();
