@@ -19,8 +19,9 @@ pub struct WrappedKey {
     pub wrapped: Vec<u8>,
 }
 
-/// A key-encryption key provider. Implementations: [`LocalKek`] (the embedded default) and
-/// Azure Key Vault `wrapkey`/`unwrapkey` (in the token broker, which owns the Entra client).
+/// A key-encryption key provider. Implementations: [`LocalKek`] (the embedded default), Azure
+/// Key Vault `wrapkey`/`unwrapkey` and HashiCorp Vault transit `encrypt`/`decrypt` (both in the
+/// token broker, which owns their HTTP clients and credentials).
 #[async_trait::async_trait]
 pub trait KeyEncryptionKey: Send + Sync {
     /// A short name for logs and `GetKeyStatus`, e.g. "local" or "azure-key-vault".

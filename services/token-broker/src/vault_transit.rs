@@ -190,6 +190,7 @@ impl VaultTransitClient {
             TokenSource::Static(token) => return Ok(token.clone()),
             TokenSource::File(path) => path,
         };
+        // One stat per call: cheap next to the HTTP call, and it notices a renewed token at once.
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut cached = self.file_token.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cached.as_ref()
@@ -311,7 +312,10 @@ impl VaultTransitClient {
                 "redirected to another node; set the address of the active node or its load balancer"
                     .to_owned()
             }
-            (404, true) => "not found: no such mount or key".to_owned(),
+            (404, true) => format!(
+                "not found: no such mount or key (create the key with `vault write -f {}/keys/{}`)",
+                self.mount, self.key_name
+            ),
             (_, true) => "no error message".to_owned(),
             (_, false) => trimmed(message),
         };

@@ -313,6 +313,18 @@ async fn the_namespace_and_the_mount_are_the_ones_configured() {
             .await
             .is_err()
     );
+    // A key that does not exist yet: the answer says how to create it.
+    let missing = transit_kek(&VaultTransitSettings {
+        key_name: "not-created".into(),
+        ..transit_settings(&sim)
+    });
+    let error = missing.current_version().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("vault write -f transit/keys/not-created"),
+        "{error}"
+    );
     let elsewhere = transit_kek(&VaultTransitSettings {
         mount: "kms".into(),
         ..transit_settings(&sim)
