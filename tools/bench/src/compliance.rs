@@ -129,40 +129,8 @@ async fn run(url: &str, dir: &std::path::Path, customers: usize) -> anyhow::Resu
         channel.clone(),
         BearerInterceptor::new(Some(&admin)),
     );
-    let app = tb
-        .register_app(pb::RegisterAppRequest {
-            partner_tenant_id: partner.tenant_id.clone(),
-            display_name: "bench".into(),
-            client_id: partner.app.client_id.clone(),
-            cloud: 1,
-            credential: Some(pb::AppCredential {
-                credential: Some(pb::app_credential::Credential::ClientSecret(
-                    partner.app.client_secret.clone(),
-                )),
-            }),
-            token_endpoint: pb::TokenEndpoint::V1 as i32,
-            redirect_uri: "https://panel.example/consent".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .app
-        .ok_or_else(|| anyhow::anyhow!("no app"))?;
-    let begun = tb
-        .begin_consent(pb::BeginConsentRequest {
-            partner_tenant_id: partner.tenant_id.clone(),
-            app_id: app.app_id.clone(),
-            redirect_uri: String::new(),
-        })
-        .await?
-        .into_inner();
-    let (code, state) = crate::tokens::sign_in(&begun.authorize_url, &partner.admin().upn).await?;
-    tb.complete_consent(pb::CompleteConsentRequest {
-        partner_tenant_id: partner.tenant_id.clone(),
-        state,
-        code,
-    })
-    .await?;
+    let app = palisade_cli::dev::provision::ensure_sam_app(&mut tb, &partner, "bench").await?;
+    palisade_cli::dev::provision::consent_with_mfa(&mut tb, &partner, &app.app_id).await?;
 
     // Compliance as in production: peers over gRPC, the configured budgets. The notifier and
     // alert-ingest are one call each per evaluation and are not started: those two checks

@@ -429,41 +429,9 @@ async fn drive(
 
     // token-broker: a consent against ms-sim, then cached GetAccessToken.
     let mut tokens = TokenBrokerServiceClient::new(connect(addr("token-broker")?, admin).await?);
-    let app = tokens
-        .register_app(pb::RegisterAppRequest {
-            partner_tenant_id: tenant.clone(),
-            display_name: "bench rss".into(),
-            client_id: partner.app.client_id.clone(),
-            cloud: 1,
-            credential: Some(pb::AppCredential {
-                credential: Some(pb::app_credential::Credential::ClientSecret(
-                    partner.app.client_secret.clone(),
-                )),
-            }),
-            token_endpoint: pb::TokenEndpoint::V1 as i32,
-            redirect_uri: "https://panel.example/consent".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .app
-        .ok_or_else(|| anyhow::anyhow!("no app"))?;
-    let begun = tokens
-        .begin_consent(pb::BeginConsentRequest {
-            partner_tenant_id: tenant.clone(),
-            app_id: app.app_id.clone(),
-            redirect_uri: String::new(),
-        })
-        .await?
-        .into_inner();
-    let (code, state) = crate::tokens::sign_in(&begun.authorize_url, &partner.admin().upn).await?;
-    tokens
-        .complete_consent(pb::CompleteConsentRequest {
-            partner_tenant_id: tenant.clone(),
-            state,
-            code,
-        })
-        .await?;
+    let app =
+        palisade_cli::dev::provision::ensure_sam_app(&mut tokens, partner, "bench rss").await?;
+    palisade_cli::dev::provision::consent_with_mfa(&mut tokens, partner, &app.app_id).await?;
     let (ok, failed) = hammer(duration, 16, {
         let (tokens, tenant) = (tokens.clone(), tenant.clone());
         move || {

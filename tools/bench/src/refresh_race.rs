@@ -112,42 +112,9 @@ async fn measure(url: &str, redis_url: &str, windows: usize) -> anyhow::Result<O
             ));
         }
         let mut admin = clients[0].clone();
-        let app = admin
-            .register_app(pb::RegisterAppRequest {
-                partner_tenant_id: partner.tenant_id.clone(),
-                display_name: "bench race".into(),
-                client_id: partner.app.client_id.clone(),
-                cloud: 1,
-                credential: Some(pb::AppCredential {
-                    credential: Some(pb::app_credential::Credential::ClientSecret(
-                        partner.app.client_secret.clone(),
-                    )),
-                }),
-                token_endpoint: pb::TokenEndpoint::V1 as i32,
-                redirect_uri: "https://panel.example/consent".into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .app
-            .ok_or_else(|| anyhow::anyhow!("no app"))?;
-        let begun = admin
-            .begin_consent(pb::BeginConsentRequest {
-                partner_tenant_id: partner.tenant_id.clone(),
-                app_id: app.app_id.clone(),
-                redirect_uri: String::new(),
-            })
-            .await?
-            .into_inner();
-        let (code, state) =
-            crate::tokens::sign_in(&begun.authorize_url, &partner.admin().upn).await?;
-        admin
-            .complete_consent(pb::CompleteConsentRequest {
-                partner_tenant_id: partner.tenant_id.clone(),
-                state,
-                code,
-            })
+        let app = palisade_cli::dev::provision::ensure_sam_app(&mut admin, &partner, "bench race")
             .await?;
+        palisade_cli::dev::provision::consent_with_mfa(&mut admin, &partner, &app.app_id).await?;
 
         let control = sim.control();
         let mut outcome = Outcome {

@@ -17,30 +17,6 @@ use secrecy::SecretString;
 
 use crate::loadgen::{self, Sample};
 
-pub(crate) async fn sign_in(authorize_url: &str, upn: &str) -> anyhow::Result<(String, String)> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let mut url = url::Url::parse(authorize_url)?;
-    url.query_pairs_mut().append_pair("login_hint", upn);
-    let response = http.get(url).send().await?;
-    let location = response
-        .headers()
-        .get("location")
-        .ok_or_else(|| anyhow::anyhow!("authorize did not redirect"))?
-        .to_str()?
-        .to_owned();
-    let location = url::Url::parse(&location)?;
-    let get = |k: &str| {
-        location
-            .query_pairs()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    Ok((get("code"), get("state")))
-}
-
 /// A broker with a warm cache and a client for it, measured as often as the caller likes.
 pub struct CachedTokens {
     op: Op,
@@ -107,41 +83,8 @@ pub async fn cached_get_access_token() -> anyhow::Result<CachedTokens> {
         channel.clone(),
         BearerInterceptor::new(Some(&secret)),
     );
-    let app = client
-        .register_app(pb::RegisterAppRequest {
-            partner_tenant_id: partner.tenant_id.clone(),
-            display_name: "bench".into(),
-            client_id: partner.app.client_id.clone(),
-            cloud: 1,
-            credential: Some(pb::AppCredential {
-                credential: Some(pb::app_credential::Credential::ClientSecret(
-                    partner.app.client_secret.clone(),
-                )),
-            }),
-            token_endpoint: pb::TokenEndpoint::V1 as i32,
-            redirect_uri: "https://panel.example/consent".into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .app
-        .ok_or_else(|| anyhow::anyhow!("no app"))?;
-    let begun = client
-        .begin_consent(pb::BeginConsentRequest {
-            partner_tenant_id: partner.tenant_id.clone(),
-            app_id: app.app_id.clone(),
-            redirect_uri: String::new(),
-        })
-        .await?
-        .into_inner();
-    let (code, state) = sign_in(&begun.authorize_url, &partner.admin().upn).await?;
-    client
-        .complete_consent(pb::CompleteConsentRequest {
-            partner_tenant_id: partner.tenant_id.clone(),
-            state,
-            code,
-        })
-        .await?;
+    let app = palisade_cli::dev::provision::ensure_sam_app(&mut client, &partner, "bench").await?;
+    palisade_cli::dev::provision::consent_with_mfa(&mut client, &partner, &app.app_id).await?;
     let request = pb::GetAccessTokenRequest {
         partner_tenant_id: partner.tenant_id.clone(),
         target_tenant_id: String::new(),

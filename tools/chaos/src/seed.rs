@@ -1,49 +1,24 @@
-//! Configures each simulated partner through the services' public gRPC APIs, as an operator
-//! would (and as `palisade dev` seeds its demo partner): the SAM app and the admin agent's MFA
-//! consent, ingestion with the Partner Center webhook, and a webhook channel with a route for
-//! raised alerts pointing at the harness's receiver.
+//! Configures each simulated partner through the services' public gRPC APIs, with the same
+//! operator steps `palisade dev` seeds its demo partner with: the SAM app and the admin agent's
+//! MFA consent, ingestion with the Partner Center webhook, and a webhook channel with a route
+//! for raised alerts pointing at the harness's receiver.
 
-use std::time::Duration;
-
-use anyhow::Context;
-use palisade_auth::BearerInterceptor;
+use palisade_cli::dev::provision;
+pub use palisade_cli::dev::provision::channel;
 use palisade_contracts::{
-    alerts::v1::{
-        ConfigureIngestionRequest, IngestionSettings, alert_service_client::AlertServiceClient,
-    },
+    alerts::v1::alert_service_client::AlertServiceClient,
     notify::v1::{
-        ChannelKind, CreateChannelRequest, CreateRouteRequest, DeliveryMode, ListChannelsRequest,
-        ListRoutesRequest, PartnerSettings, Route, SetPartnerSettingsRequest,
+        DeliveryMode, PartnerSettings, Route, SetPartnerSettingsRequest,
         notification_service_client::NotificationServiceClient,
     },
     tokens::v1::{
-        AppCredential, BeginConsentRequest, CompleteConsentRequest, GetAccessTokenRequest,
-        ListAppsRequest, RegisterAppRequest, Resource, TokenEndpoint, app_credential,
-        token_broker_service_client::TokenBrokerServiceClient,
+        GetAccessTokenRequest, Resource, token_broker_service_client::TokenBrokerServiceClient,
     },
 };
 use secrecy::SecretString;
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-/// Where the consent redirect "lands": nothing listens there; the code is read off the redirect.
-const REDIRECT_URI: &str = "http://127.0.0.1:8099/consent/callback";
 const CHANNEL_NAME: &str = "chaos receiver";
 const ROUTE_NAME: &str = "raised alerts to the chaos receiver";
-
-pub type Authed = InterceptedService<Channel, BearerInterceptor>;
-
-pub async fn channel(address: &str, credential: &SecretString) -> anyhow::Result<Authed> {
-    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {address}"))?;
-    Ok(InterceptedService::new(
-        channel,
-        BearerInterceptor::new(Some(credential)),
-    ))
-}
 
 /// The services' gRPC addresses and the receivers' base URLs.
 #[derive(Debug, Clone)]
@@ -67,40 +42,9 @@ pub async fn partner(
 ) -> anyhow::Result<()> {
     let tenant = partner.tenant_id.clone();
     let mut tokens = TokenBrokerServiceClient::new(channel(&addresses.token_broker, admin).await?);
-    let apps = tokens
-        .list_apps(ListAppsRequest {
-            partner_tenant_id: tenant.clone(),
-            page_size: 100,
-            page_token: String::new(),
-        })
-        .await?
-        .into_inner()
-        .apps;
-    let app = match apps
-        .into_iter()
-        .find(|a| a.client_id == partner.app.client_id)
-    {
-        Some(app) => app,
-        None => tokens
-            .register_app(RegisterAppRequest {
-                partner_tenant_id: tenant.clone(),
-                display_name: "Chaos SAM app".into(),
-                client_id: partner.app.client_id.clone(),
-                credential: Some(AppCredential {
-                    credential: Some(app_credential::Credential::ClientSecret(
-                        partner.app.client_secret.clone(),
-                    )),
-                }),
-                token_endpoint: TokenEndpoint::V1 as i32,
-                redirect_uri: REDIRECT_URI.into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .app
-            .context("RegisterApp answered without the app")?,
-    };
-    // A consent exists once a partner token can be minted; only then is it skipped.
+    let app = provision::ensure_sam_app(&mut tokens, partner, "Chaos SAM app").await?;
+    // A consent exists once a partner token can be minted; only then is it skipped (a second
+    // consent would start a new refresh-token chain and hide a broken one).
     let has_consent = tokens
         .get_access_token(GetAccessTokenRequest {
             partner_tenant_id: tenant.clone(),
@@ -110,61 +54,17 @@ pub async fn partner(
         .await
         .is_ok();
     if !has_consent {
-        let begin = tokens
-            .begin_consent(BeginConsentRequest {
-                partner_tenant_id: tenant.clone(),
-                app_id: app.app_id.clone(),
-                redirect_uri: String::new(),
-            })
-            .await?
-            .into_inner();
-        let mut authorize = url::Url::parse(&begin.authorize_url)?;
-        authorize
-            .query_pairs_mut()
-            .append_pair("login_hint", &partner.admin().upn);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let location = http
-            .get(authorize)
-            .send()
-            .await?
-            .headers()
-            .get("location")
-            .and_then(|l| l.to_str().ok())
-            .map(str::to_owned)
-            .context("ms-sim's authorize answered without a redirect")?;
-        let code = url::Url::parse(&location)?
-            .query_pairs()
-            .find(|(k, _)| k == "code")
-            .map(|(_, v)| v.into_owned())
-            .context("the consent redirect carries no code")?;
-        tokens
-            .complete_consent(CompleteConsentRequest {
-                partner_tenant_id: tenant.clone(),
-                state: begin.state,
-                code,
-            })
-            .await
-            .context("completing the consent")?;
+        provision::consent_with_mfa(&mut tokens, partner, &app.app_id).await?;
     }
 
     let mut alerts = AlertServiceClient::new(channel(&addresses.alert_ingest, admin).await?);
-    alerts
-        .configure_ingestion(ConfigureIngestionRequest {
-            partner_tenant_id: tenant.clone(),
-            settings: Some(IngestionSettings {
-                graph_enabled: true,
-                fraud_events_enabled: true,
-                poll_interval_seconds,
-                webhook_url: format!(
-                    "{}/webhooks/partner-center/{tenant}",
-                    addresses.ingest_webhooks
-                ),
-            }),
-        })
-        .await
-        .context("configuring ingestion")?;
+    provision::configure_ingestion(
+        &mut alerts,
+        &tenant,
+        &addresses.ingest_webhooks,
+        poll_interval_seconds,
+    )
+    .await?;
 
     let mut notify = NotificationServiceClient::new(channel(&addresses.notifier, admin).await?);
     notify
@@ -182,58 +82,24 @@ pub async fn partner(
             }),
         })
         .await?;
-    let channels = notify
-        .list_channels(ListChannelsRequest {
-            partner_tenant_id: tenant.clone(),
+    let channel_id = provision::ensure_webhook_channel(
+        &mut notify,
+        &tenant,
+        CHANNEL_NAME,
+        format!("{}/hooks/{tenant}", addresses.chaos_receiver),
+    )
+    .await?;
+    provision::ensure_route(
+        &mut notify,
+        &tenant,
+        Route {
+            display_name: ROUTE_NAME.into(),
+            event_kinds: vec!["alert.raised".into()],
+            channel_ids: vec![channel_id],
+            mode: DeliveryMode::Immediate as i32,
+            stop: true,
             ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .channels;
-    let channel_id = match channels
-        .into_iter()
-        .find(|c| c.display_name == CHANNEL_NAME)
-    {
-        Some(c) => c.channel_id,
-        None => {
-            notify
-                .create_channel(CreateChannelRequest {
-                    partner_tenant_id: tenant.clone(),
-                    display_name: CHANNEL_NAME.into(),
-                    kind: ChannelKind::Webhook as i32,
-                    target: format!("{}/hooks/{tenant}", addresses.chaos_receiver),
-                    language: "en".into(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .channel
-                .context("CreateChannel answered without the channel")?
-                .channel_id
-        }
-    };
-    let routes = notify
-        .list_routes(ListRoutesRequest {
-            partner_tenant_id: tenant.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .routes;
-    if !routes.iter().any(|r| r.display_name == ROUTE_NAME) {
-        notify
-            .create_route(CreateRouteRequest {
-                partner_tenant_id: tenant.clone(),
-                route: Some(Route {
-                    display_name: ROUTE_NAME.into(),
-                    event_kinds: vec!["alert.raised".into()],
-                    channel_ids: vec![channel_id],
-                    mode: DeliveryMode::Immediate as i32,
-                    stop: true,
-                    ..Default::default()
-                }),
-            })
-            .await?;
-    }
-    Ok(())
+        },
+    )
+    .await
 }

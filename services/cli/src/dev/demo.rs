@@ -10,48 +10,24 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use palisade_auth::BearerInterceptor;
 use palisade_contracts::{
-    alerts::v1::{
-        ConfigureIngestionRequest, IngestionSettings, alert_service_client::AlertServiceClient,
-    },
+    alerts::v1::alert_service_client::AlertServiceClient,
     notify::v1::{
-        AdminAgent, ChannelKind, ComplianceContact, CreateChannelRequest, CreateRouteRequest,
-        DeliveryMode, ListChannelsRequest, ListRoutesRequest, PartnerSettings, Recipient, Route,
+        AdminAgent, ComplianceContact, DeliveryMode, PartnerSettings, Recipient, Route,
         SecurityContact, SetComplianceContactRequest, SetPartnerSettingsRequest,
         SetSecurityContactRequest, UpsertAdminAgentRequest,
         notification_service_client::NotificationServiceClient,
     },
-    tokens::v1::{
-        AppCredential, BeginConsentRequest, CompleteConsentRequest, ListAppsRequest,
-        RegisterAppRequest, TokenEndpoint, app_credential,
-        token_broker_service_client::TokenBrokerServiceClient,
-    },
+    tokens::v1::token_broker_service_client::TokenBrokerServiceClient,
 };
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
-use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+use super::provision::{self, channel};
 
 /// The seed every demo starts from: the same ids on every laptop.
 pub const SEED: u64 = 42;
 pub const CUSTOMERS: usize = 50;
-/// Where the consent redirect "lands": nothing listens there; the code is read off the redirect.
-const REDIRECT_URI: &str = "http://127.0.0.1:8099/consent/callback";
-
-type Authed = InterceptedService<Channel, BearerInterceptor>;
-
-async fn channel(address: &str, credential: &SecretString) -> anyhow::Result<Authed> {
-    let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {address}"))?;
-    Ok(InterceptedService::new(
-        channel,
-        BearerInterceptor::new(Some(credential)),
-    ))
-}
-
 /// Where the demo's services listen.
 pub struct Addresses {
     pub token_broker: String,
@@ -88,97 +64,15 @@ pub async fn seed(
     let partner = sim.scenario().partners[0].clone();
     let tenant = partner.tenant_id.clone();
 
-    // 1. The SAM app, and the admin agent's consent with MFA.
+    // 1. The SAM app, and the admin agent's consent with MFA (redone on every start: ms-sim's
+    // refresh tokens live in its memory).
     let mut tokens = TokenBrokerServiceClient::new(channel(&addresses.token_broker, admin).await?);
-    let apps = tokens
-        .list_apps(ListAppsRequest {
-            partner_tenant_id: tenant.clone(),
-            page_size: 100,
-            page_token: String::new(),
-        })
-        .await?
-        .into_inner()
-        .apps;
-    let app = match apps
-        .into_iter()
-        .find(|a| a.client_id == partner.app.client_id)
-    {
-        Some(app) => app,
-        None => tokens
-            .register_app(RegisterAppRequest {
-                partner_tenant_id: tenant.clone(),
-                display_name: "Demo SAM app".into(),
-                client_id: partner.app.client_id.clone(),
-                credential: Some(AppCredential {
-                    credential: Some(app_credential::Credential::ClientSecret(
-                        partner.app.client_secret.clone(),
-                    )),
-                }),
-                token_endpoint: TokenEndpoint::V1 as i32,
-                redirect_uri: REDIRECT_URI.into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .app
-            .context("RegisterApp answered without the app")?,
-    };
-    let begin = tokens
-        .begin_consent(BeginConsentRequest {
-            partner_tenant_id: tenant.clone(),
-            app_id: app.app_id.clone(),
-            redirect_uri: String::new(),
-        })
-        .await?
-        .into_inner();
-    // The admin agent "signs in" at ms-sim: it redirects back with the code.
-    let mut authorize = url::Url::parse(&begin.authorize_url)?;
-    authorize
-        .query_pairs_mut()
-        .append_pair("login_hint", &partner.admin().upn);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let location = http
-        .get(authorize)
-        .send()
-        .await?
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .map(str::to_owned)
-        .context("ms-sim's authorize answered without a redirect")?;
-    let code = url::Url::parse(&location)?
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .context("the consent redirect carries no code")?;
-    tokens
-        .complete_consent(CompleteConsentRequest {
-            partner_tenant_id: tenant.clone(),
-            state: begin.state,
-            code,
-        })
-        .await
-        .context("completing the demo consent")?;
+    let app = provision::ensure_sam_app(&mut tokens, &partner, "Demo SAM app").await?;
+    provision::consent_with_mfa(&mut tokens, &partner, &app.app_id).await?;
 
     // 2. Ingestion: Graph and fraudEvents polled, and Partner Center's webhook.
     let mut alerts = AlertServiceClient::new(channel(&addresses.alert_ingest, admin).await?);
-    alerts
-        .configure_ingestion(ConfigureIngestionRequest {
-            partner_tenant_id: tenant.clone(),
-            settings: Some(IngestionSettings {
-                graph_enabled: true,
-                fraud_events_enabled: true,
-                poll_interval_seconds: 60,
-                webhook_url: format!(
-                    "{}/webhooks/partner-center/{tenant}",
-                    addresses.webhook_receiver
-                ),
-            }),
-        })
-        .await
-        .context("configuring ingestion")?;
+    provision::configure_ingestion(&mut alerts, &tenant, &addresses.webhook_receiver, 60).await?;
 
     // 3. Who hears about it: contacts, admin agents in three languages, a webhook channel.
     let mut notify = NotificationServiceClient::new(channel(&addresses.notifier, admin).await?);
@@ -259,65 +153,29 @@ pub async fn seed(
             }),
         })
         .await?;
-    let channels = notify
-        .list_channels(ListChannelsRequest {
-            partner_tenant_id: tenant.clone(),
+    let channel_id = provision::ensure_webhook_channel(
+        &mut notify,
+        &tenant,
+        "SOC webhook",
+        "https://soc.partner0.example/hooks/palisade".into(),
+    )
+    .await?;
+    provision::ensure_route(
+        &mut notify,
+        &tenant,
+        Route {
+            display_name: "Alerts to agents and the SOC".into(),
+            event_kinds: vec!["alert.raised".into()],
+            recipients: vec![
+                Recipient::SecurityContact as i32,
+                Recipient::AdminAgents as i32,
+            ],
+            channel_ids: vec![channel_id],
+            mode: DeliveryMode::Immediate as i32,
             ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .channels;
-    let channel_id = match channels
-        .into_iter()
-        .find(|c| c.display_name == "SOC webhook")
-    {
-        Some(c) => c.channel_id,
-        None => {
-            notify
-                .create_channel(CreateChannelRequest {
-                    partner_tenant_id: tenant.clone(),
-                    display_name: "SOC webhook".into(),
-                    kind: ChannelKind::Webhook as i32,
-                    target: "https://soc.partner0.example/hooks/palisade".into(),
-                    language: "en".into(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .channel
-                .context("CreateChannel answered without the channel")?
-                .channel_id
-        }
-    };
-    let routes = notify
-        .list_routes(ListRoutesRequest {
-            partner_tenant_id: tenant.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .routes;
-    if !routes
-        .iter()
-        .any(|r| r.display_name == "Alerts to agents and the SOC")
-    {
-        notify
-            .create_route(CreateRouteRequest {
-                partner_tenant_id: tenant.clone(),
-                route: Some(Route {
-                    display_name: "Alerts to agents and the SOC".into(),
-                    event_kinds: vec!["alert.raised".into()],
-                    recipients: vec![
-                        Recipient::SecurityContact as i32,
-                        Recipient::AdminAgents as i32,
-                    ],
-                    channel_ids: vec![channel_id],
-                    mode: DeliveryMode::Immediate as i32,
-                    ..Default::default()
-                }),
-            })
-            .await?;
-    }
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! through the services' own APIs (see `demo`), then runs live.
 
 pub mod demo;
+pub mod provision;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -61,6 +62,19 @@ fn database_settings(data_dir: &std::path::Path) -> DatabaseSettings {
             url: SecretString::from(format!("sqlite://{}/palisade.db", data_dir.display())),
             ..DatabaseSettings::default()
         },
+    }
+}
+
+/// The in-process queue (shared by the four services in this process), or Redis Streams when
+/// `REDIS_URL` is set.
+fn queue_settings() -> palisade_queue::QueueSettings {
+    match std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => palisade_queue::QueueSettings {
+            backend: palisade_queue::Backend::Redis,
+            redis_url: Some(SecretString::from(url)),
+            ..Default::default()
+        },
+        None => palisade_queue::QueueSettings::default(),
     }
 }
 
@@ -141,6 +155,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let database = database_settings(&data_dir);
+    let queue = queue_settings();
     let shutdown = CancellationToken::new();
 
     // The platform: the credential registry every service checks callers against.
@@ -165,6 +180,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut broker = palisade_token_broker::Settings {
         server: server(ports::TOKEN_BROKER, ports::ADMIN_BASE + 1),
         database: database.clone(),
+        queue: queue.clone(),
         ..Default::default()
     };
     broker.kek.key_file = Some(kek_file.clone());
@@ -182,6 +198,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut ingest = palisade_alert_ingest::Settings {
         server: server(ports::ALERT_INGEST, ports::ADMIN_BASE + 2),
         database: database.clone(),
+        queue: queue.clone(),
         ..Default::default()
     };
     ingest.auth.service_credential =
@@ -212,6 +229,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut compliance = palisade_compliance::Settings {
         server: server(ports::COMPLIANCE, ports::ADMIN_BASE + 4),
         database: database.clone(),
+        queue: queue.clone(),
         ..Default::default()
     };
     compliance.auth.service_credential = Some(
@@ -241,6 +259,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut notifier = palisade_notifier::Settings {
         server: server(ports::NOTIFIER, ports::ADMIN_BASE + 3),
         database: database.clone(),
+        queue,
         ack_listen: Some(SocketAddr::new(args.bind, ports::NOTIFIER_LINKS)),
         ..Default::default()
     };
