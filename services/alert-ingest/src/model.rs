@@ -182,6 +182,66 @@ pub fn alert_id_for(fingerprint: &str) -> String {
         .to_string()
 }
 
+/// The fingerprint of the `slot`-th distinct alert that shares `fingerprint`.
+///
+/// Two alerts can agree on everything the fingerprint covers and still be two alerts: Microsoft
+/// gives each its own id, and a burst of one type on one subscription can carry the same first
+/// observation (the documented examples are whole seconds). Each such alert gets a slot of its
+/// own. Slot 0 is the fingerprint itself, so alerts stored before slots existed keep their ids.
+pub fn slot_fingerprint(fingerprint: &str, slot: usize) -> String {
+    if slot == 0 {
+        return fingerprint.to_owned();
+    }
+    hex::encode(Sha256::digest(format!("{fingerprint}#{slot}").as_bytes()))
+}
+
+/// How well an observation fits a stored alert that shares its fingerprint; higher fits better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Affinity {
+    /// Another alert of the same source holds the row. Merging would overwrite its id and lose
+    /// one of the two, so the observation never goes there.
+    Taken,
+    /// The row lacks this source's id, but the two name different affected resources.
+    OtherResource,
+    /// The row lacks this source's id; resources do not tell (one side names none).
+    Free,
+    /// The row lacks this source's id and names one of the observation's affected resources.
+    SameResource,
+    /// The row is this very alert (same source, same id).
+    Same,
+}
+
+/// See [`Affinity`]. A store puts an observation in the stored slot with the highest affinity
+/// above `Taken` (the lowest slot on a tie), and in a new slot when every slot is taken.
+pub fn affinity(alert: &Alert, obs: &Observation) -> Affinity {
+    let held = match obs.source {
+        AlertSource::Graph => alert.graph_alert_id.as_str(),
+        AlertSource::FraudEvents => alert.fraud_event_id.as_str(),
+        AlertSource::Unspecified => alert.provider_alert_id.as_str(),
+    };
+    if held == obs.provider_id {
+        return Affinity::Same;
+    }
+    if !held.is_empty() {
+        return Affinity::Taken;
+    }
+    if alert.affected_resources.is_empty() || obs.affected_resources.is_empty() {
+        return Affinity::Free;
+    }
+    let shared = alert.affected_resources.iter().any(|r| {
+        !r.resource_id.is_empty()
+            && obs
+                .affected_resources
+                .iter()
+                .any(|o| o.resource_id.eq_ignore_ascii_case(&r.resource_id))
+    });
+    if shared {
+        Affinity::SameResource
+    } else {
+        Affinity::OtherResource
+    }
+}
+
 /// Normalises one item of Graph's list.
 pub fn from_graph(partner_tenant_id: &str, raw: serde_json::Value) -> Result<Observation, String> {
     let text = raw.to_string();
@@ -421,8 +481,19 @@ fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
 /// - an open alert that Microsoft reports resolved is resolved by Microsoft (nothing to write
 ///   back).
 pub fn merge(existing: Option<&Alert>, obs: &Observation, now: i64) -> Merged {
+    merge_into_slot(existing, obs, &obs.fingerprint, now)
+}
+
+/// [`merge`] into the slot whose fingerprint is `slot_fingerprint` (see [`slot_fingerprint`]):
+/// a new alert takes that fingerprint and the id it names.
+pub fn merge_into_slot(
+    existing: Option<&Alert>,
+    obs: &Observation,
+    slot_fingerprint: &str,
+    now: i64,
+) -> Merged {
     let Some(old) = existing else {
-        return create(obs, now);
+        return create(obs, slot_fingerprint, now);
     };
     let mut a = old.clone();
     let mut changed = Vec::new();
@@ -597,12 +668,12 @@ pub fn merge(existing: Option<&Alert>, obs: &Observation, now: i64) -> Merged {
     }
 }
 
-fn create(obs: &Observation, now: i64) -> Merged {
+fn create(obs: &Observation, fingerprint: &str, now: i64) -> Merged {
     let resolved = obs.status == AlertStatus::Resolved;
     let alert = Alert {
-        alert_id: alert_id_for(&obs.fingerprint),
+        alert_id: alert_id_for(fingerprint),
         partner_tenant_id: obs.partner_tenant_id.clone(),
-        fingerprint: obs.fingerprint.clone(),
+        fingerprint: fingerprint.to_owned(),
         source: obs.source as i32,
         provider_alert_id: obs.provider_id.clone(),
         alert_type: obs.alert_type.clone(),
@@ -718,6 +789,24 @@ mod tests {
         assert_eq!(g.fingerprint, f.fingerprint);
         assert_ne!(g.provider_id, f.provider_id);
         assert_eq!(f.hit_count, 4);
+    }
+
+    #[test]
+    fn an_alert_of_the_same_source_never_joins_a_row_another_holds() {
+        let g = from_graph("P", graph_value("active")).unwrap();
+        let f = from_fraud_event("P", fraud_value()).unwrap();
+        let stored = merge(None, &g, 1).alert;
+        assert_eq!(affinity(&stored, &g), Affinity::Same);
+        assert_eq!(affinity(&stored, &f), Affinity::Free);
+        let mut other = graph_value("active");
+        other["id"] = "g-2".into();
+        let other = from_graph("P", other).unwrap();
+        assert_eq!(other.fingerprint, g.fingerprint);
+        assert_eq!(affinity(&stored, &other), Affinity::Taken);
+        // A second alike goes to a slot of its own, with an id of its own.
+        let second = merge_into_slot(None, &other, &slot_fingerprint(&other.fingerprint, 1), 2);
+        assert_ne!(second.alert.alert_id, stored.alert_id);
+        assert_eq!(slot_fingerprint(&g.fingerprint, 0), g.fingerprint);
     }
 
     #[test]

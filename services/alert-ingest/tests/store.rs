@@ -755,3 +755,124 @@ backend_conformance!(
     a_batch_ends_where_its_alerts_one_by_one_end,
     a_batch_ends_where_its_alerts_one_by_one_end_body
 );
+
+async fn alerts(store: &SqlStore) -> Vec<palisade_contracts::alerts::v1::Alert> {
+    sqlx::query("SELECT alert_proto FROM alerts ORDER BY alert_id")
+        .fetch_all(store.database().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            palisade_contracts::alerts::v1::Alert::decode(r.get::<Vec<u8>, _>(0).as_slice())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Alerts of one type on one subscription, first observed at the same moment, on different
+/// virtual machines: what the fingerprint covers is the same, Microsoft's ids are not.
+fn twin(source: AlertSource, id: &str, vm: &str) -> model::Observation {
+    let resource = format!(
+        "/subscriptions/s-9/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{vm}"
+    );
+    match source {
+        AlertSource::Graph => model::from_graph(
+            P,
+            serde_json::json!({
+                "id": id, "alertType": "CryptoMining", "status": "active", "severity": "high",
+                "customerTenantId": "c-9", "subscriptionId": "s-9",
+                "firstObservedDateTime": "2025-06-15T10:00:00Z",
+                "lastObservedDateTime": "2025-06-15T10:20:00Z",
+                "affectedResources": [{"resourceId": resource, "resourceType": "AzureResource"}],
+            }),
+        ),
+        _ => model::from_fraud_event(
+            P,
+            serde_json::json!({
+                "eventId": format!("s-9_{id}"), "eventType": "CryptoMining", "eventStatus": "Active",
+                "customerTenantId": "c-9", "subscriptionId": "s-9",
+                "firstObserved": "2025-06-15T10:00:00", "lastObserved": "2025-06-15T10:20:00",
+                // Partner Center's spelling of the same resource differs in case.
+                "affectedResources": [{"azureResourceId": resource.to_uppercase(), "type": "Microsoft.Compute/virtualMachines"}],
+            }),
+        ),
+    }
+    .unwrap()
+}
+
+async fn alerts_alike_in_every_shared_field_are_all_kept_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    let (g_a, g_b) = (
+        twin(AlertSource::Graph, "g-a", "vm-a"),
+        twin(AlertSource::Graph, "g-b", "vm-b"),
+    );
+    assert_eq!(g_a.fingerprint, g_b.fingerprint);
+    // Two Graph alerts in one page are two alerts, not one whose Graph id flips between them.
+    let raised = store
+        .ingest(&[g_a.clone(), g_b.clone()], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        raised
+            .applied
+            .iter()
+            .map(|a| (a.change, a.alert.graph_alert_id.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (model::ChangeKind::Raised, "g-a"),
+            (model::ChangeKind::Raised, "g-b")
+        ]
+    );
+    // The legacy shapes arrive in the other order, in polls of their own: each joins the alert
+    // on its own virtual machine, not the first one that lacks a fraud event id.
+    let (f_a, f_b) = (
+        twin(AlertSource::FraudEvents, "e-a", "vm-a"),
+        twin(AlertSource::FraudEvents, "e-b", "vm-b"),
+    );
+    store
+        .ingest(std::slice::from_ref(&f_b), NOW + 1)
+        .await
+        .unwrap();
+    store
+        .ingest(std::slice::from_ref(&f_a), NOW + 2)
+        .await
+        .unwrap();
+    // A third alike, seen through the legacy API first, then through Graph.
+    let (f_c, g_c) = (
+        twin(AlertSource::FraudEvents, "e-c", "vm-c"),
+        twin(AlertSource::Graph, "g-c", "vm-c"),
+    );
+    store
+        .ingest(std::slice::from_ref(&f_c), NOW + 3)
+        .await
+        .unwrap();
+    store
+        .ingest(std::slice::from_ref(&g_c), NOW + 4)
+        .await
+        .unwrap();
+    let pairs = |alerts: Vec<palisade_contracts::alerts::v1::Alert>| {
+        let mut pairs: Vec<_> = alerts
+            .into_iter()
+            .map(|a| (a.graph_alert_id, a.fraud_event_id))
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    let expected = [
+        ("g-a".to_owned(), "s-9_e-a".to_owned()),
+        ("g-b".into(), "s-9_e-b".into()),
+        ("g-c".into(), "s-9_e-c".into()),
+    ];
+    assert_eq!(pairs(alerts(&store).await), expected);
+    // Re-read pages, in any order and in one batch, find every alert where it is.
+    let replay = store
+        .ingest(&[f_c, g_b, f_a, g_c, f_b, g_a], NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!((replay.written, replay.applied.len()), (0, 0));
+    assert_eq!(pairs(alerts(&store).await), expected);
+}
+backend_conformance!(
+    alerts_alike_in_every_shared_field_are_all_kept,
+    alerts_alike_in_every_shared_field_are_all_kept_body
+);

@@ -425,6 +425,50 @@ impl SqlStore {
         Ok(out)
     }
 
+    /// The stored alerts a batch may land in: per fingerprint, slot 0, then further slots while
+    /// an observation has not met its own alert (see `model::slot_fingerprint`). Slots are filled
+    /// in order under the partner lock, so the first missing slot ends a fingerprint's chain.
+    async fn load_slots(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        batch: &[Observation],
+    ) -> Result<HashMap<String, Alert>> {
+        let mut state = HashMap::new();
+        let mut searching: HashMap<&str, Vec<&Observation>> = HashMap::new();
+        for obs in batch {
+            searching
+                .entry(obs.fingerprint.as_str())
+                .or_default()
+                .push(obs);
+        }
+        let mut slot = 0;
+        while !searching.is_empty() {
+            let wanted: Vec<(&str, String)> = searching
+                .keys()
+                .map(|f| (*f, model::alert_id_for(&model::slot_fingerprint(f, slot))))
+                .collect();
+            let mut ids: Vec<String> = wanted.iter().map(|(_, id)| id.clone()).collect();
+            ids.sort();
+            let loaded = self.load_alerts(conn, &ids).await?;
+            for (fingerprint, id) in wanted {
+                let done = match loaded.get(&id) {
+                    None => true,
+                    Some(alert) => {
+                        let open = searching.get_mut(fingerprint).expect("a searched key");
+                        open.retain(|obs| model::affinity(alert, obs) != model::Affinity::Same);
+                        open.is_empty()
+                    }
+                };
+                if done {
+                    searching.remove(fingerprint);
+                }
+            }
+            state.extend(loaded);
+            slot += 1;
+        }
+        Ok(state)
+    }
+
     /// WHERE clauses of a list query, after `partner_tenant_id = $1`.
     fn filter_sql(query: &ListQuery, binds: &mut Binds) -> String {
         let mut sql = String::new();
@@ -541,6 +585,29 @@ fn sort_value(alert: &Alert, field: AlertSortField) -> i64 {
     }
 }
 
+/// The slot (alert id, fingerprint) an observation goes to, among the alerts `state` holds for
+/// its fingerprint: its own alert, else the best fitting row that lacks this source's id, else
+/// the next free slot. Never a row that another alert of the same source holds.
+fn pick_slot(state: &HashMap<String, Alert>, obs: &Observation) -> (String, String) {
+    let mut best: Option<(model::Affinity, String, String)> = None;
+    let mut slot = 0;
+    loop {
+        let fingerprint = model::slot_fingerprint(&obs.fingerprint, slot);
+        let id = model::alert_id_for(&fingerprint);
+        let Some(alert) = state.get(&id) else {
+            return best.map_or((id, fingerprint), |(_, id, f)| (id, f));
+        };
+        let fit = model::affinity(alert, obs);
+        if fit == model::Affinity::Same {
+            return (id, fingerprint);
+        }
+        if fit > model::Affinity::Taken && best.as_ref().is_none_or(|(b, _, _)| fit > *b) {
+            best = Some((fit, id, fingerprint));
+        }
+        slot += 1;
+    }
+}
+
 fn settings_from_row(r: &sqlx::any::AnyRow) -> IngestionSettings {
     IngestionSettings {
         graph_enabled: r.get::<i64, _>("graph_enabled") != 0,
@@ -564,13 +631,7 @@ impl AlertStore for SqlStore {
         let partners: BTreeSet<String> =
             batch.iter().map(|o| o.partner_tenant_id.clone()).collect();
         self.lock_partners(&mut tx, &partners).await?;
-        let mut ids: Vec<String> = batch
-            .iter()
-            .map(|o| model::alert_id_for(&o.fingerprint))
-            .collect();
-        ids.sort();
-        ids.dedup();
-        let mut state = self.load_alerts(&mut tx, &ids).await?;
+        let mut state = self.load_slots(&mut tx, batch).await?;
         // Written rows in first-change order; the set keeps a page's membership test O(1).
         let mut dirty: Vec<String> = Vec::new();
         let mut dirty_set: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -579,8 +640,8 @@ impl AlertStore for SqlStore {
         let mut applied = Vec::new();
         let mut transitions = Vec::new();
         for obs in batch {
-            let id = model::alert_id_for(&obs.fingerprint);
-            let merged = model::merge(state.get(&id), obs, now);
+            let (id, slot_fingerprint) = pick_slot(&state, obs);
+            let merged = model::merge_into_slot(state.get(&id), obs, &slot_fingerprint, now);
             if !merged.dirty {
                 continue;
             }
