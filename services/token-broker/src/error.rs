@@ -51,6 +51,9 @@ impl palisade_server::ServiceError for BrokerError {
             // The key provider failing on its side (after its retries) is worth a retry by
             // the caller, unlike a record that does not decrypt.
             Self::Crypto(palisade_crypto::CryptoError::Unavailable(_)) => ErrorCode::Unavailable,
+            // A database that is down or restarting: the caller may retry.
+            Self::Storage(e) if e.is_unavailable() => ErrorCode::Unavailable,
+            Self::Database(e) if palisade_storage::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Storage(_) | Self::Database(_) | Self::Crypto(_) | Self::Internal(_) => {
                 ErrorCode::Internal
             }
