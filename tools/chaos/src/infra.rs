@@ -18,7 +18,7 @@ pub fn free_port() -> anyhow::Result<u16> {
     free_ports(1).map(|p| p[0])
 }
 
-/// `n` consecutive free ports (ms-sim listens on a base port and the next five).
+/// `n` consecutive free ports (ms-sim listens on a base port and the ones after it).
 pub fn free_ports(n: u16) -> anyhow::Result<Vec<u16>> {
     for _ in 0..200 {
         let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;

@@ -393,7 +393,7 @@ async fn drive(
         .build()?;
 
     // Microsoft, simulated, as its own process.
-    let sim_base = infra::free_ports(6)?[0];
+    let sim_base = infra::free_ports(ms_sim::Ports::COUNT)?[0];
     let control_url = format!("http://127.0.0.1:{sim_base}");
     let scenario_config = ms_sim::ScenarioConfig {
         partners: options.partners,

@@ -98,6 +98,9 @@ pub struct Ports {
 impl Ports {
     /// Seven consecutive ports from `base`: control, login, Partner Center, Graph, Key Vault,
     /// certificates, and the Vault transit stand-in.
+    /// How many consecutive ports `from_base` takes.
+    pub const COUNT: u16 = 7;
+
     pub fn from_base(base: u16) -> Self {
         Self {
             control: base,

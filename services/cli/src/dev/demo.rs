@@ -52,7 +52,12 @@ pub async fn start_sim(bind: std::net::IpAddr, base_port: u16) -> anyhow::Result
         public_host: None,
     })
     .await
-    .with_context(|| format!("starting ms-sim on ports {base_port}-{}", base_port + 5))
+    .with_context(|| {
+        format!(
+            "starting ms-sim on ports {base_port}-{}",
+            base_port + ms_sim::Ports::COUNT - 1
+        )
+    })
 }
 
 /// Configures Palisade for the demo partner through its APIs.

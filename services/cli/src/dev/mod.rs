@@ -28,7 +28,7 @@ pub struct DevArgs {
     /// Stop after this many seconds (for tests); runs until Ctrl-C when omitted.
     #[arg(long)]
     pub exit_after: Option<u64>,
-    /// ms-sim's control API on this port, and its Microsoft hosts on the next five.
+    /// ms-sim's control API on this port, and its simulated hosts on the next six.
     #[arg(long, default_value_t = ports::SIM_BASE)]
     pub sim_base_port: u16,
     /// How often ms-sim raises a new alert (and fires its webhook); 0 turns it off.
@@ -45,7 +45,7 @@ pub mod ports {
     pub const NOTIFIER_LINKS: u16 = 8081;
     /// alert-ingest's Partner Center webhook receiver.
     pub const WEBHOOKS: u16 = 8088;
-    /// ms-sim: control, then Entra ID, Partner Center, Graph, Key Vault, certificates.
+    /// ms-sim: control, then Entra ID, Partner Center, Graph, Key Vault, certificates, Vault transit.
     pub const SIM_BASE: u16 = 7000;
     /// Admin HTTP (`/metrics`, `/healthz`, `/readyz`): 9101 token-broker, 9102 alert-ingest,
     /// 9103 notifier, 9104 compliance.
