@@ -52,6 +52,9 @@ impl palisade_server::ServiceError for NotifierError {
             Self::Unauthenticated => ErrorCode::Unauthenticated,
             Self::PermissionDenied => ErrorCode::PermissionDenied,
             Self::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            // A database that is down or restarting: the caller may retry.
+            Self::Storage(e) if e.is_unavailable() => ErrorCode::Unavailable,
+            Self::Database(e) if palisade_storage::is_unavailable(e) => ErrorCode::Unavailable,
             Self::Storage(_)
             | Self::Database(_)
             | Self::Crypto(_)
