@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     channels::{ChannelSecrets, SendOutcome},
-    engine::{Notifier, stable_id},
+    engine::{LiveChannel, Notifier, stable_id},
     error::Result,
     metrics::Outcome,
     store::{AttemptRecord, AttemptResult, ChannelRecord, DeliveryRow},
@@ -152,6 +152,17 @@ impl Limiter {
         semaphore.try_acquire_owned().ok()
     }
 
+    /// Endpoints with every slot in flight (slow ones): not worth claiming for until one
+    /// frees, so their backlog waits in the store instead of being claimed and put back.
+    fn busy_endpoints(&self, at_most: usize) -> Vec<String> {
+        let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, s)| s.available_permits() == 0)
+            .map(|(endpoint, _)| endpoint.clone())
+            .take(at_most)
+            .collect()
+    }
+
     /// Takes a token for the endpoint, or says how long until one is free. The burst is one
     /// second's worth of tokens.
     fn take(&self, kind: ChannelKind, endpoint: &str) -> Option<Duration> {
@@ -186,7 +197,7 @@ impl Notifier {
         let lease_until = now + self.settings.lease.as_millis() as i64;
         let batch = self
             .store
-            .claim_due(now, lease_until, self.settings.batch_size)
+            .claim_due(now, lease_until, self.settings.batch_size, &[])
             .await?;
         let n = batch.len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -227,11 +238,10 @@ impl Notifier {
             None
         } else {
             match self
-                .store
-                .get_channel(&d.delivery.partner_tenant_id, &d.delivery.channel_id)
+                .live_channel(&d.delivery.partner_tenant_id, &d.delivery.channel_id)
                 .await?
             {
-                Some(c) if c.enabled => Some(c),
+                Some(c) if c.record.enabled => Some(c),
                 // Deleted or disabled since planning: nobody wants these bytes any more.
                 _ => {
                     let attempt = self.attempt_record(&d, 0, "channel deleted or disabled", 0);
@@ -245,7 +255,7 @@ impl Notifier {
             }
         };
         let secrets = match &channel {
-            Some(c) => self.open_secrets(c).await?,
+            Some(c) => c.secrets(self.now()),
             None => ChannelSecrets(Vec::new()),
         };
         let Some(endpoint_slot) = self.limits.endpoint_slot(&endpoint) else {
@@ -268,7 +278,7 @@ impl Notifier {
         drop(endpoint_slot);
         drop(secrets);
         let elapsed = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
-        self.settle(&d, channel.as_ref(), &outcome, elapsed).await
+        self.settle(&d, channel.as_deref(), &outcome, elapsed).await
     }
 
     fn attempt_record(
@@ -292,7 +302,7 @@ impl Notifier {
     async fn settle(
         &self,
         d: &DeliveryRow,
-        channel: Option<&ChannelRecord>,
+        channel: Option<&LiveChannel>,
         outcome: &SendOutcome,
         duration_ms: u32,
     ) -> Result<()> {
@@ -303,17 +313,24 @@ impl Notifier {
             self.metrics.attempt(channel_kind, Outcome::Delivered);
             self.metrics
                 .delivered_after(channel_kind, (now - d.delivery.created_at) as f64 / 1000.0);
-            if let Some(c) = channel.filter(|c| c.failing_since.is_some()) {
-                self.store.record_channel_success(&c.channel_id).await?;
-            }
-            let writer = self.success_writer.lock().ok().and_then(|w| w.clone());
-            if let Some(writer) = writer {
-                // Batched with other successes; if the process dies first, the lease runs
-                // out and the delivery is sent again with the same id (at least once).
-                if writer.send(attempt.clone()).await.is_ok() {
-                    return Ok(());
+            if let Some(c) = channel {
+                let was_failing = c
+                    .failing_since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .is_some();
+                if was_failing {
+                    self.store
+                        .record_channel_success(&c.record.channel_id)
+                        .await?;
                 }
             }
+            // Batched with other outcomes; if the process dies first, the lease runs out and
+            // the delivery is sent again with the same id (at least once).
+            let Some(attempt) = self.write_batched(attempt, None).await else {
+                return Ok(());
+            };
             self.store
                 .record_attempt(&attempt, AttemptResult::Delivered, now)
                 .await?;
@@ -330,7 +347,8 @@ impl Notifier {
             kind,
             ChannelKind::Webhook | ChannelKind::Teams | ChannelKind::Slack
         );
-        if let Some(c) = channel {
+        if let Some(live) = channel {
+            let c = &live.record;
             if outcome.gone() && http_channel {
                 self.store
                     .record_attempt(&attempt, AttemptResult::Dead, now)
@@ -340,10 +358,65 @@ impl Notifier {
                     .await?;
                 return Ok(());
             }
+            let disable_after = self.settings.disable_after.as_millis() as i64;
+            let known = *live.failing_since.lock().unwrap_or_else(|e| e.into_inner());
+            // A retry far from the disabling threshold (as this replica last saw the
+            // endpoint) is bookkept in the background with the others: a failing endpoint
+            // then costs the store a share of one batch, not five round trips per attempt,
+            // on the path healthy endpoints share. Near it, the store's record decides.
+            if !outcome.permanent
+                && now - known.unwrap_or(now) < disable_after
+                && let Some(delay) = self.retry_delay(d, outcome)
+            {
+                *live.failing_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(known.unwrap_or(now));
+                let retry = (now + delay.as_millis() as i64, c.channel_id.clone());
+                let Some(attempt) = self.write_batched(attempt, Some(retry)).await else {
+                    self.metrics.attempt(channel_kind, Outcome::Failed);
+                    return Ok(());
+                };
+                // No writer (a one-off `dispatch_once`): in the foreground, as below.
+                return self.settle_failure(d, Some(live), attempt, outcome).await;
+            }
+            return self.settle_failure(d, Some(live), attempt, outcome).await;
+        }
+        self.settle_failure(d, None, attempt, outcome).await
+    }
+
+    /// Hands an outcome to the batch writer; gives the attempt back when none runs.
+    async fn write_batched(
+        &self,
+        attempt: AttemptRecord,
+        retry: Option<(i64, String)>,
+    ) -> Option<AttemptRecord> {
+        let writer = self.attempt_writer.lock().ok().and_then(|w| w.clone());
+        let Some(writer) = writer else {
+            return Some(attempt);
+        };
+        match writer.send(Settled { attempt, retry }).await {
+            Ok(()) => None,
+            Err(e) => Some(e.0.attempt),
+        }
+    }
+
+    /// A failed attempt recorded in the foreground: the channel's failure, then a retry, a
+    /// dead letter, or the channel disabled.
+    async fn settle_failure(
+        &self,
+        d: &DeliveryRow,
+        channel: Option<&LiveChannel>,
+        attempt: AttemptRecord,
+        outcome: &SendOutcome,
+    ) -> Result<()> {
+        let now = self.now();
+        let channel_kind = d.delivery.channel_kind;
+        if let Some(live) = channel {
+            let c = &live.record;
             let since = self
                 .store
                 .record_channel_failure(&c.channel_id, now)
                 .await?;
+            *live.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(since);
             if now - since >= self.settings.disable_after.as_millis() as i64 {
                 self.store
                     .record_attempt(&attempt, AttemptResult::Dead, now)
@@ -409,6 +482,7 @@ impl Notifier {
         self.store
             .disable_channel(&channel.channel_id, reason)
             .await?;
+        self.invalidate_channel(&channel.partner_tenant_id, &channel.channel_id);
         tracing::warn!(channel_id = %channel.channel_id, reason, "channel disabled");
         self.refresh_gauges().await;
         let partner = &channel.partner_tenant_id;
@@ -441,6 +515,50 @@ impl Notifier {
     }
 }
 
+/// An attempt's outcome for the batch writer.
+pub(crate) struct Settled {
+    attempt: AttemptRecord,
+    /// `None`: delivered. Otherwise it failed: when to retry, and the channel now failing.
+    retry: Option<(i64, String)>,
+}
+
+impl Notifier {
+    /// Records a batch of outcomes: the successes, then the retries with their channels'
+    /// failures. If it fails the leases run out and the deliveries are sent again with the
+    /// same ids (at least once).
+    async fn write_settled(&self, batch: &[Settled]) {
+        let now = self.now();
+        let delivered: Vec<AttemptRecord> = batch
+            .iter()
+            .filter(|s| s.retry.is_none())
+            .map(|s| s.attempt.clone())
+            .collect();
+        if !delivered.is_empty()
+            && let Err(e) = self.store.record_delivered(&delivered, now).await
+        {
+            tracing::error!(error = %e, count = delivered.len(), "recording deliveries failed; they will be re-sent");
+        }
+        let mut failing: Vec<String> = Vec::new();
+        let retrying: Vec<(AttemptRecord, i64)> = batch
+            .iter()
+            .filter_map(|s| {
+                let (at, channel_id) = s.retry.as_ref()?;
+                if !failing.contains(channel_id) {
+                    failing.push(channel_id.clone());
+                }
+                Some((s.attempt.clone(), *at))
+            })
+            .collect();
+        // One order for every writer's row locks.
+        failing.sort();
+        if !retrying.is_empty()
+            && let Err(e) = self.store.record_retrying(&retrying, &failing, now).await
+        {
+            tracing::error!(error = %e, count = retrying.len(), "recording failed attempts failed; they will be re-sent");
+        }
+    }
+}
+
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
@@ -456,22 +574,16 @@ impl Notifier {
         let max_in_flight = self.settings.max_in_flight.max(1);
         let slots = Arc::new(Semaphore::new(max_in_flight));
         let mut tasks = tokio::task::JoinSet::new();
-        // Successful attempts are the hot path: one transaction for many of them.
-        let (writer, mut successes) = tokio::sync::mpsc::channel(1024);
-        if let Ok(mut w) = self.success_writer.lock() {
+        // Successes and retries are the hot path: one transaction for many of them.
+        let (writer, mut settled) = tokio::sync::mpsc::channel(1024);
+        if let Ok(mut w) = self.attempt_writer.lock() {
             *w = Some(writer);
         }
         let writer_core = Arc::clone(&self);
         let writer_task = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(256);
-            while successes.recv_many(&mut batch, 256).await > 0 {
-                if let Err(e) = writer_core
-                    .store
-                    .record_delivered(&batch, writer_core.now())
-                    .await
-                {
-                    tracing::error!(error = %e, count = batch.len(), "recording deliveries failed; they will be re-sent");
-                }
+            let mut batch: Vec<Settled> = Vec::with_capacity(256);
+            while settled.recv_many(&mut batch, 256).await > 0 {
+                writer_core.write_settled(&batch).await;
                 batch.clear();
             }
         });
@@ -491,7 +603,12 @@ impl Notifier {
             }
             let now = self.now();
             let lease_until = now + self.settings.lease.as_millis() as i64;
-            let claimed = match self.store.claim_due(now, lease_until, free as u32).await {
+            let busy = self.limits.busy_endpoints(256);
+            let claimed = match self
+                .store
+                .claim_due(now, lease_until, free as u32, &busy)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "claiming deliveries failed");
@@ -532,7 +649,7 @@ impl Notifier {
             while tasks.join_next().await.is_some() {}
         })
         .await;
-        if let Ok(mut w) = self.success_writer.lock() {
+        if let Ok(mut w) = self.attempt_writer.lock() {
             *w = None;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;

@@ -35,8 +35,8 @@ use crate::{
     links::LinkSigner,
     routing::{self, Target},
     store::{
-        AppliedEvent, ChannelRecord, DigestAdd, EscalationStart, FlushCommit, GroupAdd, GroupState,
-        ItemUpdate, NewDelivery, NotifyStore,
+        AppliedBatch, AppliedEvent, ChannelRecord, DigestAdd, DueGroup, EscalationStart,
+        FlushCommit, GroupAdd, GroupState, ItemUpdate, NewDelivery, NotifyStore,
     },
     templates::Templates,
     validate,
@@ -84,7 +84,8 @@ pub struct EngineSettings {
     /// How long a sender holds a delivery before another may take it over.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-    /// How long a replica reuses a partner's settings, routes and snoozes between events.
+    /// How long a replica reuses a partner's settings, routes and snoozes, the destinations
+    /// its routes resolve to, and a channel's record with its decrypted signing secrets.
     /// Changes made through this replica apply at once; through another, within this time.
     #[serde(with = "humantime_serde")]
     pub partner_cache_ttl: Duration,
@@ -189,6 +190,9 @@ pub struct PartnerView {
     pub snoozes: HashMap<String, i64>,
 }
 
+/// One partner's cached destinations by (recipients, channels, language).
+type DestinationsByTarget = HashMap<String, (std::time::Instant, Arc<Vec<Destination>>)>;
+
 /// A resolved destination: one recipient on one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
@@ -213,11 +217,14 @@ pub struct Notifier {
     digest_done: Mutex<HashMap<String, String>>,
     last_digest_minute: std::sync::atomic::AtomicI64,
     partner_cache: Mutex<HashMap<String, (std::time::Instant, Arc<PartnerView>)>>,
+    /// Resolved destinations per partner, then per (recipients, channels, language).
+    destination_cache: Mutex<HashMap<String, DestinationsByTarget>>,
+    /// Channels as the dispatcher needs them, with their secrets already decrypted.
+    channel_cache: Mutex<HashMap<String, (std::time::Instant, Arc<LiveChannel>)>>,
     /// The notifier's series on `/metrics` (unregistered unless [`Notifier::with_metrics`]).
     pub(crate) metrics: crate::metrics::NotifyMetrics,
-    /// Set while `dispatch_loop` runs: successful attempts are written in batches.
-    pub(crate) success_writer:
-        Mutex<Option<tokio::sync::mpsc::Sender<crate::store::AttemptRecord>>>,
+    /// Set while `dispatch_loop` runs: successful attempts and retries are written in batches.
+    pub(crate) attempt_writer: Mutex<Option<tokio::sync::mpsc::Sender<crate::dispatch::Settled>>>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -271,8 +278,10 @@ impl Notifier {
             limits,
             digest_done: Mutex::new(HashMap::new()),
             last_digest_minute: std::sync::atomic::AtomicI64::new(i64::MIN),
-            success_writer: Mutex::new(None),
+            attempt_writer: Mutex::new(None),
             partner_cache: Mutex::new(HashMap::new()),
+            destination_cache: Mutex::new(HashMap::new()),
+            channel_cache: Mutex::new(HashMap::new()),
             metrics: crate::metrics::NotifyMetrics::register(None),
         }
     }
@@ -359,11 +368,118 @@ impl Notifier {
         Ok(view)
     }
 
-    /// Forgets a partner's cached view after a change made through this replica.
+    /// Forgets a partner's cached view and destinations after a change made through this
+    /// replica (settings, routes, snoozes, contacts, admin agents, channels).
     pub fn invalidate(&self, partner: &str) {
         if let Ok(mut cache) = self.partner_cache.lock() {
             cache.remove(partner);
         }
+        if let Ok(mut cache) = self.destination_cache.lock() {
+            cache.remove(partner);
+        }
+    }
+
+    /// Forgets a channel's cached record and secrets (deleted, disabled, secret rotated) and
+    /// its partner's destinations.
+    pub fn invalidate_channel(&self, partner: &str, channel_id: &str) {
+        if let Ok(mut cache) = self.channel_cache.lock() {
+            cache.remove(channel_id);
+        }
+        self.invalidate(partner);
+    }
+
+    /// [`Notifier::destinations`] through a short-lived cache: every flush of a group asks
+    /// for the same ones.
+    async fn destinations_cached(
+        &self,
+        partner: &str,
+        target: &Target,
+        default_language: &str,
+    ) -> Result<Arc<Vec<Destination>>> {
+        let ttl = self.settings.partner_cache_ttl;
+        let key = format!(
+            "{:?}|{:?}|{default_language}",
+            target.recipients, target.channel_ids
+        );
+        if !ttl.is_zero() {
+            let cache = self
+                .destination_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((_, found)) = cache
+                .get(partner)
+                .and_then(|m| m.get(&key))
+                .filter(|(at, _)| at.elapsed() < ttl)
+            {
+                return Ok(Arc::clone(found));
+            }
+        }
+        let found = Arc::new(
+            self.destinations(
+                partner,
+                &target.recipients,
+                &target.channel_ids,
+                default_language,
+            )
+            .await?,
+        );
+        if !ttl.is_zero() {
+            let mut cache = self
+                .destination_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache
+                .entry(partner.to_owned())
+                .or_default()
+                .insert(key, (std::time::Instant::now(), Arc::clone(&found)));
+        }
+        Ok(found)
+    }
+
+    /// A channel and its decrypted secrets for sending, through a short-lived cache: without
+    /// it every delivery costs a read and a decryption. `None` when deleted.
+    pub(crate) async fn live_channel(
+        &self,
+        partner: &str,
+        channel_id: &str,
+    ) -> Result<Option<Arc<LiveChannel>>> {
+        let ttl = self.settings.partner_cache_ttl;
+        if !ttl.is_zero() {
+            let cache = self.channel_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, live)) = cache
+                .get(channel_id)
+                .filter(|(at, live)| at.elapsed() < ttl && live.record.partner_tenant_id == partner)
+            {
+                return Ok(Some(Arc::clone(live)));
+            }
+        }
+        let Some(record) = self.store.get_channel(partner, channel_id).await? else {
+            return Ok(None);
+        };
+        let secrets = if record.enabled {
+            self.open_secret_entries(&record).await?
+        } else {
+            Vec::new()
+        };
+        let live = Arc::new(LiveChannel {
+            failing_since: Mutex::new(record.failing_since),
+            record,
+            secrets,
+        });
+        if !ttl.is_zero() {
+            let mut cache = self.channel_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() > 50_000 {
+                cache.clear();
+            }
+            cache.insert(
+                channel_id.to_owned(),
+                (std::time::Instant::now(), Arc::clone(&live)),
+            );
+        }
+        Ok(Some(live))
     }
 
     // ---------------------------------------------------------------- events
@@ -382,11 +498,7 @@ impl Notifier {
         let Some(applied) = self.prepare(envelope).await? else {
             return Ok(false);
         };
-        let fresh = self.store.apply_event(&applied).await?;
-        if fresh {
-            self.wake_scheduler.notify_one();
-        }
-        Ok(fresh)
+        Ok(self.apply_and_flush(std::slice::from_ref(&applied)).await? > 0)
     }
 
     /// Applies a batch of envelopes (in order) in one transaction. A malformed envelope
@@ -401,17 +513,97 @@ impl Notifier {
         if batch.is_empty() {
             return Ok(0);
         }
-        let fresh = self
-            .store
-            .apply_events(&batch)
-            .await?
-            .into_iter()
-            .filter(|f| *f)
-            .count();
-        if fresh > 0 {
+        self.apply_and_flush(&batch).await
+    }
+
+    /// Applies prepared events in one transaction and flushes, in the same transaction, the
+    /// groups they made due now (a zero group wait or interval): the batch holds those
+    /// groups' row locks already, so this costs a few statements for all of them, and an
+    /// event does not wait for the timer task's next pass. Returns how many were fresh.
+    async fn apply_and_flush(&self, batch: &[AppliedEvent]) -> Result<usize> {
+        // Destinations need the store, which cannot be called inside the transaction
+        // (SQLite has one connection): they are resolved first, from the short-lived caches,
+        // for the groups that can be due at once.
+        let mut plans: HashMap<&str, GroupPlan> = HashMap::new();
+        for e in batch {
+            for g in &e.groups {
+                if (g.group_wait_ms > 0 && g.group_interval_ms > 0)
+                    || plans.contains_key(g.group_key.as_str())
+                {
+                    continue;
+                }
+                let view = self.partner_view(&e.partner_tenant_id).await?;
+                let Some(target) = route_target(&view.routes, &g.route_id) else {
+                    continue;
+                };
+                let destinations = self
+                    .destinations_cached(
+                        &e.partner_tenant_id,
+                        &target,
+                        &view.settings.default_language,
+                    )
+                    .await?;
+                plans.insert(
+                    &g.group_key,
+                    GroupPlan {
+                        view,
+                        target,
+                        destinations,
+                    },
+                );
+            }
+        }
+        let now = batch
+            .iter()
+            .map(|e| e.now)
+            .max()
+            .unwrap_or_else(|| self.now());
+        let notified = std::sync::atomic::AtomicBool::new(false);
+        let decide = |group: &GroupState| -> Result<Option<FlushCommit>> {
+            let Some(plan) = plans.get(group.group_key.as_str()) else {
+                return Ok(None);
+            };
+            let planned = Some((&plan.target, plan.destinations.as_slice()));
+            match self.decide_flush(group, now, &plan.view, planned) {
+                Ok(FlushDecision::Commit(commit)) => {
+                    if commit.notified_hash.is_some() {
+                        notified.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(Some(commit))
+                }
+                // Flushed on its own right after, with the target it asks for.
+                Ok(FlushDecision::NeedsTarget(_)) => Ok(None),
+                Err(e) => {
+                    // The events must still apply: the group stays due, and its own flush
+                    // (right after, or the timer's) reports the failure again.
+                    tracing::warn!(group_key = %group.group_key, error = %e, "planning a group with its events failed");
+                    Ok(None)
+                }
+            }
+        };
+        let applied = self.store.apply_events(batch, Some(&decide)).await?;
+        if notified.into_inner() {
+            self.wake_dispatch.notify_one();
+        }
+        let fresh = applied.fresh.iter().filter(|f| **f).count();
+        self.after_apply(applied).await;
+        Ok(fresh)
+    }
+
+    /// Flushes the groups a batch made due now but did not flush itself, at once rather than
+    /// at the timer task's next pass. The events are committed either way; a group this
+    /// fails to flush stays due for the timer.
+    async fn after_apply(&self, applied: AppliedBatch) {
+        let mut wake_timer = applied.due_later;
+        if !applied.due.is_empty()
+            && let Err(e) = self.flush_groups(applied.due).await
+        {
+            tracing::warn!(error = %e, "flushing due groups after applying events failed; the timer task will");
+            wake_timer = true;
+        }
+        if wake_timer {
             self.wake_scheduler.notify_one();
         }
-        Ok(fresh)
     }
 
     /// Reads what an event needs (routes, settings, snooze) and decides its effects, without
@@ -529,21 +721,12 @@ impl Notifier {
     }
 
     pub async fn flush_due_groups(&self) -> Result<usize> {
-        use futures::{StreamExt, TryStreamExt};
         let mut notified = 0;
-        // Bounded, so a group whose flush keeps losing its race cannot spin this forever.
+        // Bounded, so groups that keep coming due cannot hold the timer task forever.
         for _ in 0..100 {
-            let now = self.now();
-            let due = self.store.due_groups(now, 256).await?;
+            let due = self.store.due_groups(self.now(), 256).await?;
             let batch = due.len();
-            // Groups are independent (each commit is a compare-and-set on its own row), so
-            // they flush concurrently; one slow partner does not delay the others.
-            let results: Vec<bool> = futures::stream::iter(due)
-                .map(|key| async move { self.flush_group(&key).await })
-                .buffer_unordered(16)
-                .try_collect()
-                .await?;
-            notified += results.into_iter().filter(|n| *n).count();
+            notified += self.flush_groups(due).await?;
             if batch < 256 {
                 break;
             }
@@ -551,93 +734,140 @@ impl Notifier {
         Ok(notified)
     }
 
-    async fn flush_group(&self, key: &str) -> Result<bool> {
-        // An event can land between load and commit; the commit then fails its version
-        // check and the group is simply re-read.
-        for _ in 0..5 {
-            let Some(group) = self.store.load_group(key).await? else {
-                return Ok(false);
+    /// Flushes groups concurrently: each under its own row lock, so one slow partner does not
+    /// delay the others. Returns how many notified.
+    async fn flush_groups(&self, due: Vec<DueGroup>) -> Result<usize> {
+        use futures::{StreamExt, TryStreamExt};
+        let results: Vec<bool> = futures::stream::iter(due)
+            .map(|group| async move { self.flush_group(&group).await })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(results.into_iter().filter(|n| *n).count())
+    }
+
+    /// Flushes one group: decides and plans from the group as it stands under its row lock,
+    /// and commits in the same transaction (see [`NotifyStore::flush_group`]).
+    async fn flush_group(&self, due: &DueGroup) -> Result<bool> {
+        let partner = due.partner_tenant_id.as_str();
+        let view = self.partner_view(partner).await?;
+        // Resolving destinations reads the store, which planning under the lock cannot do;
+        // they are resolved first for the route the group is keyed by. Only a group whose
+        // partner route was deleted (the defaults then pick by its first item) needs a
+        // second pass with the target the locked group asked for.
+        let mut target = route_target(&view.routes, &due.route_id);
+        for _ in 0..3 {
+            let destinations = match &target {
+                Some(t) => Some(
+                    self.destinations_cached(partner, t, &view.settings.default_language)
+                        .await?,
+                ),
+                None => None,
             };
             let now = self.now();
-            if group.next_flush_at > now {
-                return Ok(false);
-            }
-            let firing: Vec<_> = group.items.iter().filter(|i| i.firing).collect();
-            let resolved = group.items.len() - firing.len();
-            let mut hasher = Sha256::new();
-            for i in &firing {
-                hasher.update(format!("{}|{}\n", i.fingerprint, i.severity));
-            }
-            let hash = hex::encode(hasher.finalize());
-            let never_notified = group.last_notified_at.is_none();
-            let changed = hash != group.last_notified_hash || resolved > 0;
-            let repeat_due = group
-                .last_notified_at
-                .is_some_and(|t| now >= t + group.repeat_interval_ms);
-            // Notices (relationship changes) are told once; they are stored as not firing.
-            let notices = group
-                .items
-                .iter()
-                .filter(|i| !i.firing)
-                .filter(|i| {
-                    serde_json::from_str::<ItemSummary>(&i.summary).is_ok_and(|s| s.one_shot)
+            let asked: Mutex<Option<Target>> = Mutex::new(None);
+            let notified = std::sync::atomic::AtomicBool::new(false);
+            let decide = |group: &GroupState| {
+                let decision = self.decide_flush(
+                    group,
+                    now,
+                    &view,
+                    target
+                        .as_ref()
+                        .zip(destinations.as_deref().map(Vec::as_slice)),
+                )?;
+                Ok(match decision {
+                    FlushDecision::Commit(commit) => {
+                        notified.store(
+                            commit.notified_hash.is_some(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        Some(commit)
+                    }
+                    FlushDecision::NeedsTarget(t) => {
+                        *asked.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                        None
+                    }
                 })
-                .count();
-            // Nothing is said about alerts that came and went before anyone was told.
-            let has_news = !firing.is_empty() || notices > 0 || !never_notified;
-            let notify = has_news && (changed || (repeat_due && !firing.is_empty()));
-            let deliveries = if notify {
-                self.plan_group(&group, now).await?
-            } else {
-                Vec::new()
             };
-            let base = if notify {
-                now
-            } else {
-                group.last_notified_at.unwrap_or(now)
-            };
-            let commit = FlushCommit {
-                group_key: key.to_owned(),
-                partner_tenant_id: group.partner_tenant_id.clone(),
-                expected_version: group.version,
-                expected_flush_seq: group.flush_seq,
-                now,
-                deliveries,
-                notified_hash: notify.then_some(hash),
-                firing: firing.len() as i64,
-                resolved: resolved as i64,
-                next_flush_at: (!firing.is_empty()).then_some(base + group.repeat_interval_ms),
-            };
-            if self.store.commit_flush(&commit).await? {
-                if notify {
-                    self.wake_dispatch.notify_one();
-                }
-                return Ok(notify);
+            let committed = self.store.flush_group(&due.group_key, now, &decide).await?;
+            if let Some(t) = asked.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                target = Some(t);
+                continue;
             }
+            let notified = committed && notified.into_inner();
+            if notified {
+                self.wake_dispatch.notify_one();
+            }
+            return Ok(notified);
         }
         Ok(false)
     }
 
-    async fn target_for(
+    /// Alertmanager's decision for a due group, and the plan when it notifies. Pure: it runs
+    /// under the group's lock. `planned` is the target resolved before the lock, with its
+    /// destinations.
+    fn decide_flush(
         &self,
-        partner: &str,
-        route_id: &str,
-        first: &ItemSummary,
-    ) -> Result<Target> {
-        let view = self.partner_view(partner).await?;
-        Ok(match view.routes.iter().find(|r| r.route_id == route_id) {
-            Some(r) => Target {
-                route_id: r.route_id.clone(),
-                recipients: r.recipients().collect(),
-                channel_ids: r.channel_ids.clone(),
-                digest: false,
-            },
-            // A default route, or a partner route deleted since: the defaults never drop it.
-            None => routing::default_target(first),
-        })
+        group: &GroupState,
+        now: i64,
+        view: &PartnerView,
+        planned: Option<(&Target, &[Destination])>,
+    ) -> Result<FlushDecision> {
+        let firing: Vec<_> = group.items.iter().filter(|i| i.firing).collect();
+        let resolved = group.items.len() - firing.len();
+        let mut hasher = Sha256::new();
+        for i in &firing {
+            hasher.update(format!("{}|{}\n", i.fingerprint, i.severity));
+        }
+        let hash = hex::encode(hasher.finalize());
+        let never_notified = group.last_notified_at.is_none();
+        let changed = hash != group.last_notified_hash || resolved > 0;
+        let repeat_due = group
+            .last_notified_at
+            .is_some_and(|t| now >= t + group.repeat_interval_ms);
+        // Notices (relationship changes) are told once; they are stored as not firing.
+        let notices = group
+            .items
+            .iter()
+            .filter(|i| !i.firing)
+            .filter(|i| serde_json::from_str::<ItemSummary>(&i.summary).is_ok_and(|s| s.one_shot))
+            .count();
+        // Nothing is said about alerts that came and went before anyone was told.
+        let has_news = !firing.is_empty() || notices > 0 || !never_notified;
+        let notify = has_news && (changed || (repeat_due && !firing.is_empty()));
+        let deliveries = if notify {
+            match self.plan_group(group, now, view, planned)? {
+                Ok(deliveries) => deliveries,
+                Err(target) => return Ok(FlushDecision::NeedsTarget(target)),
+            }
+        } else {
+            Vec::new()
+        };
+        let base = if notify {
+            now
+        } else {
+            group.last_notified_at.unwrap_or(now)
+        };
+        Ok(FlushDecision::Commit(FlushCommit {
+            now,
+            deliveries,
+            notified_hash: notify.then_some(hash),
+            firing: firing.len() as i64,
+            resolved: resolved as i64,
+            next_flush_at: (!firing.is_empty()).then_some(base + group.repeat_interval_ms),
+        }))
     }
 
-    async fn plan_group(&self, group: &GroupState, now: i64) -> Result<Vec<NewDelivery>> {
+    /// The group's message for each destination; `Err(target)` when the group needs another
+    /// target than the one resolved before the lock.
+    fn plan_group(
+        &self,
+        group: &GroupState,
+        now: i64,
+        view: &PartnerView,
+        planned: Option<(&Target, &[Destination])>,
+    ) -> Result<std::result::Result<Vec<NewDelivery>, Target>> {
         let mut items = Vec::with_capacity(group.items.len());
         for gi in &group.items {
             let item: ItemSummary = serde_json::from_str(&gi.summary)
@@ -650,20 +880,16 @@ impl Notifier {
             items.push(item);
         }
         let Some(first) = items.first().cloned() else {
-            return Ok(Vec::new());
+            return Ok(Ok(Vec::new()));
         };
         let partner = &group.partner_tenant_id;
-        let view = self.partner_view(partner).await?;
-        let settings = &view.settings;
-        let target = self.target_for(partner, &group.route_id, &first).await?;
-        let destinations = self
-            .destinations(
-                partner,
-                &target.recipients,
-                &target.channel_ids,
-                &settings.default_language,
-            )
-            .await?;
+        let target = partner_route_target(&view.routes, &group.route_id)
+            // A default route, or a partner route deleted since: the defaults never drop it.
+            .unwrap_or_else(|| routing::default_target(&first));
+        let destinations = match planned {
+            Some((t, destinations)) if *t == target => destinations,
+            _ => return Ok(Err(target)),
+        };
         let event_id = format!("{}#{}", group.group_key, group.flush_seq + 1);
         let single = items.len() == 1;
         let (template, event_kind, fingerprint) = if single {
@@ -687,7 +913,7 @@ impl Notifier {
         });
         self.plan_for(
             partner,
-            &destinations,
+            destinations,
             &event_id,
             &event_kind,
             &fingerprint,
@@ -697,6 +923,7 @@ impl Notifier {
             ack_url.as_deref(),
             now,
         )
+        .map(Ok)
     }
 
     /// Renders and formats one message for every destination, in each one's language.
@@ -1142,12 +1369,29 @@ impl Notifier {
         self.store
             .update_channel_secret(&channel.channel_id, &sealed, count)
             .await?;
+        self.invalidate_channel(&channel.partner_tenant_id, &channel.channel_id);
         Ok(count)
     }
 
     pub async fn open_secrets(&self, channel: &ChannelRecord) -> Result<ChannelSecrets> {
+        let now = self.now();
+        Ok(ChannelSecrets(
+            self.open_secret_entries(channel)
+                .await?
+                .into_iter()
+                .filter(|(_, expires)| *expires > now)
+                .map(|(s, _)| s)
+                .collect(),
+        ))
+    }
+
+    /// Every sealed secret with when it stops signing (`i64::MAX` for the current ones).
+    async fn open_secret_entries(
+        &self,
+        channel: &ChannelRecord,
+    ) -> Result<Vec<(SecretString, i64)>> {
         let Some(bytes) = &channel.secret_sealed else {
-            return Ok(ChannelSecrets(Vec::new()));
+            return Ok(Vec::new());
         };
         let sealed = Sealed::from_bytes(bytes)?;
         let plain = self
@@ -1161,19 +1405,15 @@ impl Notifier {
             .map_err(|_| NotifierError::Corrupt("channel secret is not utf-8".into()))?;
         // Entries are "secret" or "secret|expires_at_millis" (a previous secret during a
         // rotation); expired ones no longer sign.
-        let now = self.now();
-        Ok(ChannelSecrets(
-            text.split(' ')
-                .filter(|s| !s.is_empty())
-                .filter_map(|entry| match entry.split_once('|') {
-                    None => Some(entry),
-                    Some((secret, expires)) => {
-                        (expires.parse::<i64>().unwrap_or(0) > now).then_some(secret)
-                    }
-                })
-                .map(|s| SecretString::from(s.to_owned()))
-                .collect(),
-        ))
+        Ok(text
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(|entry| match entry.split_once('|') {
+                None => (entry, i64::MAX),
+                Some((secret, expires)) => (secret, expires.parse::<i64>().unwrap_or(0)),
+            })
+            .map(|(s, expires)| (SecretString::from(s.to_owned()), expires))
+            .collect())
     }
 }
 
@@ -1222,4 +1462,85 @@ pub fn frozen_chain(settings: &PartnerSettings) -> Vec<EscalationStep> {
         });
     }
     chain
+}
+
+/// What planning a group needs, resolved before its lock is taken.
+struct GroupPlan {
+    view: Arc<PartnerView>,
+    target: Target,
+    destinations: Arc<Vec<Destination>>,
+}
+
+/// What a flush under the group's lock decided.
+enum FlushDecision {
+    Commit(FlushCommit),
+    /// The locked group needs another target than the one resolved before the lock.
+    NeedsTarget(Target),
+}
+
+fn partner_route_target(routes: &[Route], route_id: &str) -> Option<Target> {
+    routes
+        .iter()
+        .find(|r| r.route_id == route_id)
+        .map(|r| Target {
+            route_id: r.route_id.clone(),
+            recipients: r.recipients().collect(),
+            channel_ids: r.channel_ids.clone(),
+            digest: false,
+        })
+}
+
+/// The target a group's route stands for, when its id says it: a partner route that still
+/// exists, or one of the defaults. `None` for a partner route deleted since (the defaults
+/// then pick by the group's first item).
+fn route_target(routes: &[Route], route_id: &str) -> Option<Target> {
+    if let Some(t) = partner_route_target(routes, route_id) {
+        return Some(t);
+    }
+    let recipient = match route_id {
+        routing::DEFAULT_ADMINS => Recipient::AdminAgents,
+        routing::DEFAULT_SECURITY => Recipient::SecurityContact,
+        routing::DEFAULT_COMPLIANCE => Recipient::ComplianceContact,
+        _ => return None,
+    };
+    Some(Target {
+        route_id: route_id.to_owned(),
+        recipients: vec![recipient],
+        channel_ids: Vec::new(),
+        digest: false,
+    })
+}
+
+/// A channel as the dispatcher sends on it: the stored record and its decrypted signing
+/// secrets (with when each stops signing), shared for a short time.
+pub(crate) struct LiveChannel {
+    pub(crate) record: ChannelRecord,
+    secrets: Vec<(SecretString, i64)>,
+    /// Since when the endpoint has been failing, as this replica last saw or recorded it.
+    pub(crate) failing_since: Mutex<Option<i64>>,
+}
+
+impl LiveChannel {
+    /// The secrets that still sign at `now`, newest first.
+    pub(crate) fn secrets(&self, now: i64) -> ChannelSecrets {
+        ChannelSecrets(
+            self.secrets
+                .iter()
+                .filter(|(_, expires)| *expires > now)
+                .map(|(s, _)| s.clone())
+                .collect(),
+        )
+    }
+}
+
+impl std::fmt::Debug for LiveChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveChannel")
+            .field("record", &self.record)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .finish_non_exhaustive()
+    }
 }

@@ -213,6 +213,7 @@ impl NotificationService for NotificationApi {
         validate::language("contact.language", &c.language)?;
         let now = self.core.now();
         self.store().set_security_contact(&partner, &c, now).await?;
+        self.core.invalidate(&partner);
         c.updated_at = Some(from_millis(now));
         Ok(Response::new(SetSecurityContactResponse {
             contact: Some(c),
@@ -280,6 +281,7 @@ impl NotificationService for NotificationApi {
         self.store()
             .set_compliance_contact(&partner, &c, self.core.now())
             .await?;
+        self.core.invalidate(&partner);
         Ok(Response::new(SetComplianceContactResponse {
             contact: Some(c),
         }))
@@ -324,6 +326,7 @@ impl NotificationService for NotificationApi {
         self.store()
             .upsert_admin_agent(&partner, &a, self.core.now())
             .await?;
+        self.core.invalidate(&partner);
         Ok(Response::new(UpsertAdminAgentResponse { agent: Some(a) }))
     }
 
@@ -369,6 +372,7 @@ impl NotificationService for NotificationApi {
         {
             return Err(NotifierError::NotFound("admin agent").into());
         }
+        self.core.invalidate(&partner);
         Ok(Response::new(DeleteAdminAgentResponse {}))
     }
 
@@ -452,6 +456,8 @@ impl NotificationService for NotificationApi {
             created_at: self.core.now(),
         };
         self.store().insert_channel(&record).await?;
+        self.core
+            .invalidate_channel(&record.partner_tenant_id, &record.channel_id);
         Ok(Response::new(CreateChannelResponse {
             channel: Some(channel_to_proto(&record)),
             generated_secret: generated.unwrap_or_default(),
@@ -499,6 +505,8 @@ impl NotificationService for NotificationApi {
         {
             return Err(NotifierError::NotFound("channel").into());
         }
+        self.core
+            .invalidate_channel(&partner, &request.get_ref().channel_id);
         self.core.refresh_gauges().await;
         Ok(Response::new(DeleteChannelResponse {}))
     }

@@ -213,9 +213,35 @@ async fn channels_routes_and_settings(backend: TestBackend) {
 }
 backend_conformance!(channels_routes_and_settings, channels_routes_and_settings);
 
-async fn events_apply_once_and_groups_flush_by_compare_and_set(backend: TestBackend) {
+/// A decider that plans `deliveries` and records the items it was shown.
+fn planner(
+    now: i64,
+    deliveries: Vec<NewDelivery>,
+    next_flush_at: Option<i64>,
+    seen: &std::sync::Mutex<Vec<String>>,
+) -> impl Fn(&GroupState) -> palisade_notifier::error::Result<Option<FlushCommit>> + Send + Sync + '_
+{
+    move |g: &GroupState| {
+        *seen.lock().unwrap() = g.items.iter().map(|i| i.fingerprint.clone()).collect();
+        Ok(Some(FlushCommit {
+            now,
+            deliveries: deliveries.clone(),
+            notified_hash: Some(format!("h{}", g.flush_seq + 1)),
+            firing: g.items.iter().filter(|i| i.firing).count() as i64,
+            resolved: g.items.iter().filter(|i| !i.firing).count() as i64,
+            next_flush_at,
+        }))
+    }
+}
+
+async fn events_apply_once_and_groups_flush_under_their_lock(backend: TestBackend) {
     let s = store(&backend).await;
     let key = format!("{P}/r");
+    let due_group = DueGroup {
+        group_key: key.clone(),
+        partner_tenant_id: P.into(),
+        route_id: "r".into(),
+    };
     let event = |id: &str, fp: &str, firing: bool, now: i64| AppliedEvent {
         message_id: id.into(),
         partner_tenant_id: P.into(),
@@ -244,94 +270,224 @@ async fn events_apply_once_and_groups_flush_by_compare_and_set(backend: TestBack
     );
     assert_eq!(
         s.due_groups(T + 30_000, 10).await.unwrap(),
-        vec![key.clone()]
+        vec![due_group.clone()]
     );
-    let g = s.load_group(&key).await.unwrap().unwrap();
-    assert_eq!(g.items.len(), 1);
-
-    // Someone changed the group after we loaded it: our flush does not commit.
-    assert!(s.apply_event(&event("m2", "b", true, T + 1)).await.unwrap());
-    let stale = FlushCommit {
-        group_key: key.clone(),
-        partner_tenant_id: P.into(),
-        expected_version: g.version,
-        expected_flush_seq: g.flush_seq,
-        now: T + 30_000,
-        deliveries: vec![delivery("d-stale", T)],
-        notified_hash: Some("h".into()),
-        firing: 1,
-        resolved: 0,
-        next_flush_at: Some(T + 3_630_000),
-    };
-    assert!(!s.commit_flush(&stale).await.unwrap());
+    let seen = std::sync::Mutex::new(Vec::new());
     assert!(
-        s.get_delivery("d-stale").await.unwrap().is_none(),
-        "nothing planned by a lost race"
+        !s.flush_group(
+            &key,
+            T + 29_999,
+            &planner(T + 29_999, vec![delivery("d-early", T)], Some(T + 1), &seen)
+        )
+        .await
+        .unwrap(),
+        "not due yet"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "nothing planned early");
+    assert!(s.get_delivery("d-early").await.unwrap().is_none());
+
+    // A batch reports which of its groups are due at its time: this one is, once waited.
+    let late = s
+        .apply_events(&[event("m2", "b", true, T + 30_000)], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (late.fresh, late.due, late.due_later),
+        (vec![true], vec![due_group.clone()], false)
     );
 
-    let g = s.load_group(&key).await.unwrap().unwrap();
-    let commit = FlushCommit {
-        expected_version: g.version,
-        expected_flush_seq: g.flush_seq,
-        deliveries: vec![delivery("d1", T)],
-        ..stale.clone()
-    };
-    assert!(s.commit_flush(&commit).await.unwrap());
-    assert!(
-        !s.commit_flush(&commit).await.unwrap(),
-        "a second replica's flush of the same state"
+    // The flush plans from the group as it stands under the lock: every item so far.
+    let flushed = planner(
+        T + 30_000,
+        vec![delivery("d1", T)],
+        Some(T + 3_630_000),
+        &seen,
     );
+    assert!(s.flush_group(&key, T + 30_000, &flushed).await.unwrap());
+    assert_eq!(*seen.lock().unwrap(), vec!["a".to_owned(), "b".to_owned()]);
     assert!(s.get_delivery("d1").await.unwrap().is_some());
+    // A second flusher (another replica) finds the group no longer due and plans nothing.
+    seen.lock().unwrap().clear();
+    let again = planner(T + 30_000, vec![delivery("d-again", T)], None, &seen);
+    assert!(!s.flush_group(&key, T + 30_000, &again).await.unwrap());
+    assert!(seen.lock().unwrap().is_empty());
+    assert!(s.get_delivery("d-again").await.unwrap().is_none());
     let g = s.load_group(&key).await.unwrap().unwrap();
     assert_eq!(
         (
             g.flush_seq,
             g.last_notified_at,
-            g.last_notified_hash.as_str()
+            g.last_notified_hash.as_str(),
+            g.next_flush_at
         ),
-        (1, Some(T + 30_000), "h")
+        (1, Some(T + 30_000), "h1", T + 3_630_000)
     );
 
     // A change after a notification is due group_interval after it, not repeat_interval.
-    assert!(
-        s.apply_event(&event("m3", "a", false, T + 40_000))
-            .await
-            .unwrap()
-    );
+    let change = s
+        .apply_events(&[event("m3", "a", false, T + 40_000)], None)
+        .await
+        .unwrap();
+    assert!(change.due.is_empty() && change.due_later);
     let g = s.load_group(&key).await.unwrap().unwrap();
     assert_eq!(g.next_flush_at, T + 330_000);
 
-    // Closing keeps the sequence, so a reopened group never reuses a log entry.
-    let close = FlushCommit {
-        group_key: key.clone(),
-        partner_tenant_id: P.into(),
-        expected_version: g.version,
-        expected_flush_seq: g.flush_seq,
-        now: T + 330_000,
-        deliveries: vec![],
-        notified_hash: Some(String::new()),
-        firing: 0,
-        resolved: 2,
-        next_flush_at: None,
+    // A decider that declines, or fails, writes nothing: the group stays due.
+    let declined =
+        |_: &GroupState| -> palisade_notifier::error::Result<Option<FlushCommit>> { Ok(None) };
+    assert!(!s.flush_group(&key, T + 330_000, &declined).await.unwrap());
+    let failing = |_: &GroupState| -> palisade_notifier::error::Result<Option<FlushCommit>> {
+        Err(palisade_notifier::NotifierError::Corrupt(
+            "planning failed".into(),
+        ))
     };
-    assert!(s.commit_flush(&close).await.unwrap());
+    assert!(s.flush_group(&key, T + 330_000, &failing).await.is_err());
+    assert_eq!(s.load_group(&key).await.unwrap().unwrap(), g);
+
+    // An event racing a flush is never lost: either the flush saw it, or the group is left
+    // due for the next one with the event in it.
+    let seen_race = std::sync::Mutex::new(Vec::new());
+    let slow = |g: &GroupState| {
+        // Holds the group's lock a while, so that the event's batch meets it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        planner(T + 330_000, Vec::new(), Some(T + 3_930_000), &seen_race)(g)
+    };
+    let racer = {
+        let s = s.clone();
+        let e = event("m-race", "c", true, T + 330_000);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            s.apply_events(&[e], None).await.unwrap()
+        })
+    };
+    assert!(s.flush_group(&key, T + 330_000, &slow).await.unwrap());
+    let raced = racer.await.unwrap();
+    assert!(raced.fresh[0]);
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    let told = seen_race.lock().unwrap().contains(&"c".to_owned());
+    assert!(
+        told || (g.items.iter().any(|i| i.fingerprint == "c")
+            && g.next_flush_at <= T + 330_000 + 300_000),
+        "the racing event was told or is still due: {g:?}"
+    );
+    if !told {
+        // It landed after the flush: the flush ran on what it had, the event waits one
+        // group_interval.
+        assert_eq!(raced.due_later, raced.due.is_empty());
+        let seen_next = std::sync::Mutex::new(Vec::new());
+        let next = planner(g.next_flush_at, Vec::new(), Some(T + 9_999_999), &seen_next);
+        assert!(s.flush_group(&key, g.next_flush_at, &next).await.unwrap());
+        assert!(seen_next.lock().unwrap().contains(&"c".to_owned()));
+    }
+
+    // Closing keeps the sequence, so a reopened group never reuses a log entry.
+    let g = s.load_group(&key).await.unwrap().unwrap();
+    let seen_close = std::sync::Mutex::new(Vec::new());
+    let close = planner(g.next_flush_at, vec![], None, &seen_close);
+    let closed_seq = g.flush_seq + 1;
+    // Due now: the close runs at the group's own due time.
+    let at = g.next_flush_at.min(T + 9_999_999);
+    assert!(s.flush_group(&key, at, &close).await.unwrap());
     let g = s.load_group(&key).await.unwrap().unwrap();
     assert!(g.items.is_empty() && g.last_notified_at.is_none() && g.next_flush_at == i64::MAX);
+    assert_eq!(g.flush_seq, closed_seq);
     assert!(
-        s.apply_event(&event("m4", "c", true, T + 400_000))
+        s.apply_event(&event("m4", "d", true, T + 10_000_000))
             .await
             .unwrap()
     );
     let g = s.load_group(&key).await.unwrap().unwrap();
     assert_eq!(
         (g.flush_seq, g.next_flush_at),
-        (2, T + 430_000),
+        (closed_seq, T + 10_030_000),
         "reopened: group_wait again"
     );
 }
 backend_conformance!(
-    events_apply_once_and_groups_flush_by_compare_and_set,
-    events_apply_once_and_groups_flush_by_compare_and_set
+    events_apply_once_and_groups_flush_under_their_lock,
+    events_apply_once_and_groups_flush_under_their_lock
+);
+
+/// A batch flushes the groups it made due (a zero group wait or interval) in its own
+/// transaction, through the same decider a lone flush uses; what the decider declines is left
+/// due and reported.
+async fn a_batch_flushes_the_groups_it_made_due(backend: TestBackend) {
+    let s = store(&backend).await;
+    let now_key = format!("{P}/now");
+    let later_key = format!("{P}/later");
+    let event = |id: &str, key: &str, wait: i64, now: i64| {
+        let mut add = group_add(key, id, true);
+        add.group_wait_ms = wait;
+        add.group_interval_ms = wait;
+        AppliedEvent {
+            message_id: id.into(),
+            partner_tenant_id: P.into(),
+            now,
+            groups: vec![add],
+            ..Default::default()
+        }
+    };
+    let seen = std::sync::Mutex::new(Vec::new());
+    let plan = planner(T, vec![delivery("d-now", T)], Some(T + 3_600_000), &seen);
+    let batch = s
+        .apply_events(
+            &[
+                event("a", &now_key, 0, T),
+                event("b", &later_key, 30_000, T),
+            ],
+            Some(&plan),
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.fresh, vec![true, true]);
+    assert!(batch.due.is_empty(), "flushed with the batch");
+    assert!(batch.due_later, "the other group waits");
+    assert_eq!(*seen.lock().unwrap(), vec!["a".to_owned()]);
+    assert!(s.get_delivery("d-now").await.unwrap().is_some());
+    let g = s.load_group(&now_key).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            g.flush_seq,
+            g.last_notified_at,
+            g.last_notified_hash.as_str(),
+            g.next_flush_at
+        ),
+        (1, Some(T), "h1", T + 3_600_000)
+    );
+    let later = s.load_group(&later_key).await.unwrap().unwrap();
+    assert_eq!((later.flush_seq, later.next_flush_at), (0, T + 30_000));
+
+    // Declined: nothing is written and the group is reported due.
+    let declined =
+        |_: &GroupState| -> palisade_notifier::error::Result<Option<FlushCommit>> { Ok(None) };
+    let batch = s
+        .apply_events(&[event("c", &now_key, 0, T + 1)], Some(&declined))
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.due,
+        vec![DueGroup {
+            group_key: now_key.clone(),
+            partner_tenant_id: P.into(),
+            route_id: "r".into(),
+        }]
+    );
+    let g = s.load_group(&now_key).await.unwrap().unwrap();
+    assert_eq!((g.flush_seq, g.next_flush_at), (1, T));
+    // Its own flush then tells both items.
+    let next = planner(
+        T + 1,
+        vec![delivery("d-next", T)],
+        Some(T + 3_600_001),
+        &seen,
+    );
+    assert!(s.flush_group(&now_key, T + 1, &next).await.unwrap());
+    assert_eq!(*seen.lock().unwrap(), vec!["a".to_owned(), "c".to_owned()]);
+    assert_eq!(s.load_group(&now_key).await.unwrap().unwrap().flush_seq, 2);
+}
+backend_conformance!(
+    a_batch_flushes_the_groups_it_made_due,
+    a_batch_flushes_the_groups_it_made_due
 );
 
 async fn escalation_steps_move_once_and_acknowledgement_cancels(backend: TestBackend) {
@@ -460,7 +616,7 @@ async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
         0,
         "planning is idempotent"
     );
-    let claimed = s.claim_due(T, T + 60_000, 10).await.unwrap();
+    let claimed = s.claim_due(T, T + 60_000, 10, &[]).await.unwrap();
     assert_eq!(
         claimed
             .iter()
@@ -470,14 +626,14 @@ async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
     );
     assert_eq!(claimed[0].status, DeliveryStatus::Sending as i32);
     assert!(
-        s.claim_due(T + 1_000, T + 61_000, 10)
+        s.claim_due(T + 1_000, T + 61_000, 10, &[])
             .await
             .unwrap()
             .is_empty(),
         "leased"
     );
     // The sender died: after the lease the delivery is taken over.
-    let retaken = s.claim_due(T + 60_000, T + 120_000, 10).await.unwrap();
+    let retaken = s.claim_due(T + 60_000, T + 120_000, 10, &[]).await.unwrap();
     assert_eq!(retaken.len(), 2);
     let attempt = |n: u32, status: u32| AttemptRecord {
         delivery_id: "d1".into(),
@@ -507,7 +663,7 @@ async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
     );
     assert_eq!(s.next_delivery_due().await.unwrap(), Some(T + 65_000));
 
-    s.claim_due(T + 65_000, T + 125_000, 1).await.unwrap();
+    s.claim_due(T + 65_000, T + 125_000, 1, &[]).await.unwrap();
     s.record_attempt(&attempt(2, 503), AttemptResult::Dead, T + 65_000)
         .await
         .unwrap();
@@ -796,17 +952,17 @@ async fn a_batch_ends_where_its_events_one_by_one_end(backend: TestBackend) {
     for e in events("one") {
         one_by_one.push(s.apply_event(&e).await.unwrap());
     }
-    let batched = s.apply_events(&events("all")).await.unwrap();
-    assert_eq!(batched, one_by_one);
-    assert_eq!(batched, [true, true, false, true, true, true, true]);
-    // And again: nothing is fresh twice.
+    let batched = s.apply_events(&events("all"), None).await.unwrap();
+    assert_eq!(batched.fresh, one_by_one);
+    assert_eq!(batched.fresh, [true, true, false, true, true, true, true]);
     assert!(
-        s.apply_events(&events("all"))
-            .await
-            .unwrap()
-            .iter()
-            .all(|f| !f)
+        batched.due.is_empty() && batched.due_later,
+        "both groups wait about 30 s"
     );
+    // And again: nothing is fresh twice, and nothing is touched.
+    let again = s.apply_events(&events("all"), None).await.unwrap();
+    assert!(again.fresh.iter().all(|f| !f));
+    assert!(again.due.is_empty() && !again.due_later);
     for g in ["g1", "g2"] {
         let mut a = s.load_group(&format!("one/{g}")).await.unwrap().unwrap();
         let mut b = s.load_group(&format!("all/{g}")).await.unwrap().unwrap();
@@ -839,7 +995,7 @@ async fn delivered_in_one_batch_keeps_each_rows_own_attempt(backend: TestBackend
     let ids = ["b1", "b2", "b3", "untouched"];
     let planned: Vec<_> = ids.iter().map(|id| delivery(id, T)).collect();
     s.insert_deliveries(&planned).await.unwrap();
-    assert_eq!(s.claim_due(T, T + 60_000, 10).await.unwrap().len(), 4);
+    assert_eq!(s.claim_due(T, T + 60_000, 10, &[]).await.unwrap().len(), 4);
     let attempt = |id: &str, n: u32| AttemptRecord {
         delivery_id: id.into(),
         attempt: n,
@@ -910,4 +1066,103 @@ async fn delivered_in_one_batch_keeps_each_rows_own_attempt(backend: TestBackend
 backend_conformance!(
     delivered_in_one_batch_keeps_each_rows_own_attempt,
     delivered_in_one_batch_keeps_each_rows_own_attempt
+);
+
+/// The dispatcher's batched retry writer: each failed delivery gets its own attempt row,
+/// count, text and retry time; each channel is failing since its first failure; a delivery
+/// outside the batch is left alone.
+async fn retries_in_one_batch_keep_each_rows_own_time(backend: TestBackend) {
+    let s = store(&backend).await;
+    let channel = |id: &str, failing_since: Option<i64>| ChannelRecord {
+        channel_id: id.into(),
+        partner_tenant_id: P.into(),
+        display_name: id.into(),
+        kind: 2,
+        target: format!("https://example.com/{id}"),
+        language: "en".into(),
+        enabled: true,
+        disabled_reason: String::new(),
+        secret_sealed: None,
+        secret_count: 0,
+        failing_since,
+        created_at: T,
+    };
+    s.insert_channel(&channel("ch-new", None)).await.unwrap();
+    s.insert_channel(&channel("ch-old", Some(T - 5_000)))
+        .await
+        .unwrap();
+    s.insert_channel(&channel("ch-fine", None)).await.unwrap();
+    let ids = ["r1", "r2", "untouched"];
+    let planned: Vec<_> = ids.iter().map(|id| delivery(id, T)).collect();
+    s.insert_deliveries(&planned).await.unwrap();
+    assert_eq!(s.claim_due(T, T + 60_000, 10, &[]).await.unwrap().len(), 3);
+    let attempt = |id: &str, n: u32, status: u32| AttemptRecord {
+        delivery_id: id.into(),
+        attempt: n,
+        at: T + 10,
+        http_status: status,
+        error: format!("{id} answered {status}"),
+        duration_ms: 3,
+    };
+    let batch = [
+        (attempt("r1", 1, 500), T + 5_000),
+        (attempt("r2", 2, 503), T + 9_000),
+    ];
+    let failing = ["ch-new".to_owned(), "ch-old".to_owned()];
+    s.record_retrying(&batch, &failing, T + 20).await.unwrap();
+    for (a, at) in &batch {
+        let d = s.get_delivery(&a.delivery_id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                d.status,
+                d.attempts,
+                d.last_error.as_str(),
+                d.delivery.next_attempt_at
+            ),
+            (
+                DeliveryStatus::Retrying as i32,
+                a.attempt,
+                a.error.as_str(),
+                *at
+            )
+        );
+    }
+    let untouched = s.get_delivery("untouched").await.unwrap().unwrap();
+    assert_eq!(
+        (untouched.status, untouched.attempts),
+        (DeliveryStatus::Sending as i32, 0)
+    );
+    assert_eq!(s.next_delivery_due().await.unwrap(), Some(T + 5_000));
+    let since = |id: &'static str| {
+        let s = s.clone();
+        async move { s.get_channel(P, id).await.unwrap().unwrap().failing_since }
+    };
+    assert_eq!(since("ch-new").await, Some(T + 20));
+    assert_eq!(
+        since("ch-old").await,
+        Some(T - 5_000),
+        "failing since the first failure"
+    );
+    assert_eq!(since("ch-fine").await, None);
+    // A replayed batch changes nothing: still one attempt row each.
+    s.record_retrying(&batch, &failing, T + 30).await.unwrap();
+    let logged: usize = s
+        .list_deliveries(
+            P,
+            &DeliveryFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, a)| a.len())
+        .sum();
+    assert_eq!(logged, 2);
+    assert_eq!(since("ch-new").await, Some(T + 20));
+}
+backend_conformance!(
+    retries_in_one_batch_keep_each_rows_own_time,
+    retries_in_one_batch_keep_each_rows_own_time
 );

@@ -137,13 +137,9 @@ pub struct GroupState {
     pub items: Vec<GroupItem>,
 }
 
-/// The outcome of a group's timer, committed only if nobody changed the group meanwhile.
+/// What a group's timer decided, from the group as it stood under its row lock.
 #[derive(Debug, Clone)]
 pub struct FlushCommit {
-    pub group_key: String,
-    pub partner_tenant_id: String,
-    pub expected_version: i64,
-    pub expected_flush_seq: i64,
     pub now: i64,
     pub deliveries: Vec<NewDelivery>,
     /// Set when a notification went out: the notification log entry.
@@ -152,6 +148,31 @@ pub struct FlushCommit {
     pub resolved: i64,
     /// `None` closes the group (nothing firing any more).
     pub next_flush_at: Option<i64>,
+}
+
+/// Plans a flush from the locked group: `None` writes nothing. It runs inside the store's
+/// transaction, so it must not call the store (SQLite has one connection).
+pub type FlushDecider<'a> = dyn Fn(&GroupState) -> Result<Option<FlushCommit>> + Send + Sync + 'a;
+
+/// A group that is due, with what planning needs to know before it locks the group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DueGroup {
+    pub group_key: String,
+    pub partner_tenant_id: String,
+    pub route_id: String,
+}
+
+/// What a batch of events changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedBatch {
+    /// One flag per event, as for `apply_event`: `false` for a message already processed.
+    pub fresh: Vec<bool>,
+    /// The groups the batch touched that are due at its latest `now` (a zero group wait or
+    /// group interval) and were not flushed with it, in key order: the consumer flushes
+    /// them at once.
+    pub due: Vec<DueGroup>,
+    /// Whether it touched groups that are due later: the timer task must look again.
+    pub due_later: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,13 +320,30 @@ pub trait NotifyStore: Send + Sync + 'static {
     // Events, grouping, digest.
     /// Applies an event once: `false` when its message id was already processed.
     async fn apply_event(&self, event: &AppliedEvent) -> Result<bool>;
-    /// Applies a batch in one transaction, in order; one flag per event as for `apply_event`.
-    async fn apply_events(&self, events: &[AppliedEvent]) -> Result<Vec<bool>>;
-    async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<String>>;
+    /// Applies a batch in one transaction, in order. With `decide`, the groups the batch
+    /// made due at its latest `now` are flushed in the same transaction, as
+    /// [`NotifyStore::flush_group`] would (the batch already holds their locks); those
+    /// `decide` declines are left in [`AppliedBatch::due`].
+    async fn apply_events(
+        &self,
+        events: &[AppliedEvent],
+        decide: Option<&FlushDecider<'_>>,
+    ) -> Result<AppliedBatch>;
+    async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<DueGroup>>;
     async fn next_group_due(&self) -> Result<Option<i64>>;
     async fn load_group(&self, group_key: &str) -> Result<Option<GroupState>>;
-    /// `false` when the group changed since it was loaded; the caller reloads and retries.
-    async fn commit_flush(&self, commit: &FlushCommit) -> Result<bool>;
+    /// Flushes a group under its row lock: locks and loads it, hands it to `decide` if it is
+    /// due at `now`, and commits the decision (flush sequence, notification log, resolved
+    /// items leaving, next timer, deliveries) in the same transaction. No event can land
+    /// between the read and the commit, so nothing is retried; a second flusher (another
+    /// replica, or the timer and a consumer) waits for the lock and then finds the group no
+    /// longer due. `true` when a decision was committed.
+    async fn flush_group(
+        &self,
+        group_key: &str,
+        now: i64,
+        decide: &FlushDecider<'_>,
+    ) -> Result<bool>;
     async fn list_digest_items(&self, partner: &str) -> Result<Vec<DigestAdd>>;
     async fn digest_stats(&self, partner: &str, now: i64) -> Result<DigestStats>;
     /// Records the day's digest and plans its deliveries; `false` if that day already ran.
@@ -353,7 +391,15 @@ pub trait NotifyStore: Send + Sync + 'static {
     async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<u64>;
     /// Leases up to `limit` due deliveries (including ones whose previous lease expired,
     /// which is how a crashed sender's work is taken over).
-    async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> Result<Vec<DeliveryRow>>;
+    /// Deliveries to `skip_endpoints` (a channel id, or the target of a channel-less delivery)
+    /// are left for a later claim.
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        skip_endpoints: &[String],
+    ) -> Result<Vec<DeliveryRow>>;
     async fn next_delivery_due(&self) -> Result<Option<i64>>;
     async fn record_attempt(
         &self,
@@ -363,6 +409,15 @@ pub trait NotifyStore: Send + Sync + 'static {
     ) -> Result<()>;
     /// Records successful attempts in one transaction (the dispatcher's hot path).
     async fn record_delivered(&self, attempts: &[AttemptRecord], now: i64) -> Result<()>;
+    /// Records failed attempts to retry at the given times in one transaction, and marks
+    /// `failing_channels` as failing since `now` unless they already were (the dispatcher's
+    /// batched path for endpoints that fail).
+    async fn record_retrying(
+        &self,
+        attempts: &[(AttemptRecord, i64)],
+        failing_channels: &[String],
+        now: i64,
+    ) -> Result<()>;
     /// Puts a leased delivery back without counting an attempt (rate limit, shutdown).
     async fn release(&self, delivery_id: &str, at: i64, now: i64) -> Result<()>;
     async fn get_delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>>;

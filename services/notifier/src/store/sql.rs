@@ -177,7 +177,11 @@ async fn insert_deliveries_in(
 }
 
 /// One event's effects inside the caller's transaction; `false` if already applied.
-async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Result<bool> {
+async fn apply_event_in(
+    tx: &mut sqlx::AnyConnection,
+    e: &AppliedEvent,
+    touched: &mut Touched,
+) -> Result<bool> {
     let first = sqlx::query(
         "INSERT INTO processed_events (message_id, partner_tenant_id, processed_at) \
          VALUES ($1,$2,$3) ON CONFLICT (message_id) DO NOTHING",
@@ -191,8 +195,182 @@ async fn apply_event_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Resul
     if first == 0 {
         return Ok(false);
     }
-    apply_effects_in(tx, e).await?;
+    apply_effects_in(tx, e, touched).await?;
     Ok(true)
+}
+
+/// The groups a transaction touched, as they stand after it (without their items).
+type Touched = std::collections::BTreeMap<String, GroupState>;
+
+fn group_from_row(g: &AnyRow) -> GroupState {
+    GroupState {
+        group_key: g.get("group_key"),
+        partner_tenant_id: g.get("partner_tenant_id"),
+        route_id: g.get("route_id"),
+        version: g.get("version"),
+        flush_seq: g.get("flush_seq"),
+        created_at: g.get("created_at"),
+        next_flush_at: g.get("next_flush_at"),
+        last_notified_at: g.get("last_notified_at"),
+        last_notified_hash: g.get("last_notified_hash"),
+        group_interval_ms: g.get("group_interval_ms"),
+        repeat_interval_ms: g.get("repeat_interval_ms"),
+        items: Vec::new(),
+    }
+}
+
+fn group_item_from_row(r: &AnyRow) -> GroupItem {
+    GroupItem {
+        fingerprint: r.get("fingerprint"),
+        kind: r.get("kind"),
+        firing: r.get::<i64, _>("firing") != 0,
+        severity: r.get::<i64, _>("severity") as i32,
+        summary: r.get("summary"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+/// Reads the `RETURNING *` rows of a group upsert: a later row of the same group wins.
+fn note_touched(rows: &[AnyRow], touched: &mut Touched) {
+    for r in rows {
+        let g = group_from_row(r);
+        touched.insert(g.group_key.clone(), g);
+    }
+}
+
+/// Loads the items of the given groups (already locked by the caller's transaction).
+async fn load_items_in(conn: &mut sqlx::AnyConnection, groups: &mut [GroupState]) -> Result<()> {
+    let by_key: std::collections::HashMap<String, usize> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.group_key.clone(), i))
+        .collect();
+    let keys: Vec<String> = groups.iter().map(|g| g.group_key.clone()).collect();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "SELECT group_key, fingerprint, kind, firing, severity, summary, updated_at \
+             FROM group_items WHERE group_key IN ({list}) ORDER BY group_key, fingerprint"
+        );
+        let mut q = sqlx::query(&sql);
+        for key in chunk {
+            q = q.bind(key);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            if let Some(i) = by_key.get(&r.get::<String, _>("group_key")) {
+                groups[*i].items.push(group_item_from_row(&r));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Commits flush decisions of groups the caller's transaction holds: the flush sequence,
+/// the next timer and the notification log, resolved items leaving (all items of a closed
+/// group), and the deliveries, a handful of multi-row statements for any number of groups.
+async fn write_flushes_in(
+    conn: &mut sqlx::AnyConnection,
+    flushes: &[(GroupState, FlushCommit)],
+) -> Result<()> {
+    // Rows per statement: 5 binds each in the update.
+    for chunk in flushes.chunks(ROWS_PER_STATEMENT / 5) {
+        let n = chunk.len();
+        let case = |col: usize| {
+            (0..n)
+                .map(|r| format!("WHEN ${} THEN ${}", 1 + r * 5, 1 + r * 5 + col))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let keys = (0..n)
+            .map(|r| format!("${}", 1 + r * 5))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "UPDATE notify_groups SET flush_seq = CASE group_key {} END, \
+             next_flush_at = CASE group_key {} END, last_notified_at = CASE group_key {} END, \
+             last_notified_hash = CASE group_key {} END WHERE group_key IN ({keys})",
+            case(1),
+            case(2),
+            case(3),
+            case(4)
+        );
+        let mut q = sqlx::query(&sql);
+        for (group, c) in chunk {
+            // Closed, not deleted: the row keeps its flush sequence, so a group that reopens
+            // later never reuses a notification-log entry or a delivery id.
+            let (last_at, last_hash) = match (&c.notified_hash, c.next_flush_at) {
+                (_, None) => (None, String::new()),
+                (Some(hash), Some(_)) => (Some(c.now), hash.clone()),
+                (None, Some(_)) => (group.last_notified_at, group.last_notified_hash.clone()),
+            };
+            q = q
+                .bind(&group.group_key)
+                .bind(group.flush_seq + 1)
+                .bind(c.next_flush_at.unwrap_or(i64::MAX))
+                .bind(last_at)
+                .bind(last_hash);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let logged: Vec<_> = flushes
+        .iter()
+        .filter_map(|(g, c)| Some((g, c, c.notified_hash.as_ref()?)))
+        .collect();
+    for chunk in logged.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO notification_log (group_key, flush_seq, partner_tenant_id, \
+             notified_at, content_hash, firing, resolved) VALUES {}",
+            placeholders(chunk.len(), 7)
+        );
+        let mut q = sqlx::query(&sql);
+        for (g, c, hash) in chunk {
+            q = q
+                .bind(&g.group_key)
+                .bind(g.flush_seq + 1)
+                .bind(&g.partner_tenant_id)
+                .bind(c.now)
+                .bind(*hash)
+                .bind(c.firing)
+                .bind(c.resolved);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    // A closed group loses all its items; a notified one its resolved items, which have
+    // been told.
+    for (closing, resolved_only) in [(true, ""), (false, " AND firing = 0")] {
+        let keys: Vec<&str> = flushes
+            .iter()
+            .filter(|(_, c)| {
+                if closing {
+                    c.next_flush_at.is_none()
+                } else {
+                    c.next_flush_at.is_some() && c.notified_hash.is_some()
+                }
+            })
+            .map(|(g, _)| g.group_key.as_str())
+            .collect();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!("DELETE FROM group_items WHERE group_key IN ({list}){resolved_only}");
+            let mut q = sqlx::query(&sql);
+            for key in chunk {
+                q = q.bind(*key);
+            }
+            q.execute(&mut *conn).await?;
+        }
+    }
+    let deliveries: Vec<NewDelivery> = flushes
+        .iter()
+        .flat_map(|(_, c)| c.deliveries.iter().cloned())
+        .collect();
+    insert_deliveries_in(conn, &deliveries).await?;
+    Ok(())
 }
 
 /// Records a batch's message ids in one statement; `true` for each event seen for the first
@@ -233,7 +411,11 @@ fn needs_sequential(e: &AppliedEvent) -> bool {
 /// per row, the latest by the producer's time wins (later in the batch on a tie). Rows are
 /// written in key order, so concurrent batches lock shared group rows in the same order
 /// and queue behind each other instead of deadlocking.
-async fn apply_run_in(tx: &mut sqlx::AnyConnection, run: &[&AppliedEvent]) -> Result<()> {
+async fn apply_run_in(
+    tx: &mut sqlx::AnyConnection,
+    run: &[&AppliedEvent],
+    touched: &mut Touched,
+) -> Result<()> {
     use std::collections::BTreeMap;
     if run.is_empty() {
         return Ok(());
@@ -337,7 +519,8 @@ async fn apply_run_in(tx: &mut sqlx::AnyConnection, run: &[&AppliedEvent]) -> Re
                WHEN notify_groups.last_notified_at + excluded.group_interval_ms \
                     < notify_groups.next_flush_at \
                THEN notify_groups.last_notified_at + excluded.group_interval_ms \
-               ELSE notify_groups.next_flush_at END",
+               ELSE notify_groups.next_flush_at END \
+             RETURNING *",
             (0..chunk.len())
                 .map(|r| {
                     let p = |c: usize| format!("${}", r * 8 + c);
@@ -361,7 +544,7 @@ async fn apply_run_in(tx: &mut sqlx::AnyConnection, run: &[&AppliedEvent]) -> Re
                 .bind(last.group_interval_ms)
                 .bind(last.repeat_interval_ms);
         }
-        q.execute(&mut *tx).await?;
+        note_touched(&q.fetch_all(&mut *tx).await?, touched);
     }
     let group_items: Vec<_> = group_items.into_values().collect();
     for chunk in group_items.chunks(ROWS_PER_STATEMENT) {
@@ -411,7 +594,11 @@ async fn apply_run_in(tx: &mut sqlx::AnyConnection, run: &[&AppliedEvent]) -> Re
 }
 
 /// One fresh event's effects, one statement at a time.
-async fn apply_effects_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Result<()> {
+async fn apply_effects_in(
+    tx: &mut sqlx::AnyConnection,
+    e: &AppliedEvent,
+    touched: &mut Touched,
+) -> Result<()> {
     // Events can arrive out of order (a redelivery, a retried message); state only moves to
     // what happened later, judged by the producer's time.
     let occurred = if e.occurred_at > 0 {
@@ -446,7 +633,7 @@ async fn apply_effects_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Res
     for g in &e.groups {
         // A new (or closed and now reopened) group waits group_wait; one that has
         // already notified waits at most until group_interval after its last notification.
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO notify_groups (group_key, partner_tenant_id, route_id, version, \
              flush_seq, created_at, next_flush_at, last_notified_at, last_notified_hash, \
              group_interval_ms, repeat_interval_ms) \
@@ -460,7 +647,8 @@ async fn apply_effects_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Res
                WHEN notify_groups.last_notified_at + excluded.group_interval_ms \
                     < notify_groups.next_flush_at \
                THEN notify_groups.last_notified_at + excluded.group_interval_ms \
-               ELSE notify_groups.next_flush_at END",
+               ELSE notify_groups.next_flush_at END \
+             RETURNING *",
         )
         .bind(&g.group_key)
         .bind(&e.partner_tenant_id)
@@ -469,8 +657,9 @@ async fn apply_effects_in(tx: &mut sqlx::AnyConnection, e: &AppliedEvent) -> Res
         .bind(e.now + g.group_wait_ms)
         .bind(g.group_interval_ms)
         .bind(g.repeat_interval_ms)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        note_touched(&row, touched);
         sqlx::query(
             "INSERT INTO group_items (group_key, fingerprint, kind, firing, severity, summary, \
              updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7) \
@@ -606,6 +795,33 @@ async fn record_attempt_in(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// A group and its items; `lock` is appended to the group's SELECT (a row lock on Postgres).
+async fn load_group_in(
+    conn: &mut sqlx::AnyConnection,
+    group_key: &str,
+    lock: &str,
+) -> Result<Option<GroupState>> {
+    let Some(g) = sqlx::query(&format!(
+        "SELECT * FROM notify_groups WHERE group_key = $1{lock}"
+    ))
+    .bind(group_key)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let items = sqlx::query(
+        "SELECT fingerprint, kind, firing, severity, summary, updated_at FROM group_items \
+         WHERE group_key = $1 ORDER BY fingerprint",
+    )
+    .bind(group_key)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut group = group_from_row(&g);
+    group.items = items.iter().map(group_item_from_row).collect();
+    Ok(Some(group))
 }
 
 #[async_trait::async_trait]
@@ -950,42 +1166,87 @@ impl NotifyStore for SqlStore {
 
     async fn apply_event(&self, e: &AppliedEvent) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
-        let fresh = apply_event_in(&mut tx, e).await?;
+        let fresh = apply_event_in(&mut tx, e, &mut Touched::new()).await?;
         tx.commit().await?;
         Ok(fresh)
     }
 
-    async fn apply_events(&self, events: &[AppliedEvent]) -> Result<Vec<bool>> {
+    async fn apply_events(
+        &self,
+        events: &[AppliedEvent],
+        decide: Option<&FlushDecider<'_>>,
+    ) -> Result<AppliedBatch> {
         // One commit for a whole batch: the commit (a WAL flush) is the cost that matters.
         // A handful of multi-row statements per batch, so the transaction (and the group rows
         // it locks) is held for a few round trips, not several per event.
         let mut tx = self.pool().begin().await?;
         let fresh = claim_message_ids(&mut tx, events).await?;
+        let mut touched = Touched::new();
         let mut run: Vec<&AppliedEvent> = Vec::new();
         for (e, _) in events.iter().zip(&fresh).filter(|(_, f)| **f) {
             if needs_sequential(e) {
-                apply_run_in(&mut tx, &run).await?;
+                apply_run_in(&mut tx, &run, &mut touched).await?;
                 run.clear();
-                apply_effects_in(&mut tx, e).await?;
+                apply_effects_in(&mut tx, e, &mut touched).await?;
             } else {
                 run.push(e);
             }
         }
-        apply_run_in(&mut tx, &run).await?;
+        apply_run_in(&mut tx, &run, &mut touched).await?;
+        let now = events.iter().map(|e| e.now).max().unwrap_or(i64::MIN);
+        let due_later = touched.values().any(|g| g.next_flush_at > now);
+        let mut due: Vec<GroupState> = touched
+            .into_values()
+            .filter(|g| g.next_flush_at <= now)
+            .collect();
+        let mut left = Vec::new();
+        if let Some(decide) = decide.filter(|_| !due.is_empty()) {
+            // The batch holds these groups' row locks already: flushing them here costs a
+            // few statements for all of them, instead of a locked transaction each.
+            load_items_in(&mut tx, &mut due).await?;
+            let mut flushes = Vec::with_capacity(due.len());
+            for group in due {
+                match decide(&group)? {
+                    Some(commit) => flushes.push((group, commit)),
+                    None => left.push(group),
+                }
+            }
+            write_flushes_in(&mut tx, &flushes).await?;
+        } else {
+            left = due;
+        }
         tx.commit().await?;
-        Ok(fresh)
+        Ok(AppliedBatch {
+            fresh,
+            due: left
+                .into_iter()
+                .map(|g| DueGroup {
+                    group_key: g.group_key,
+                    partner_tenant_id: g.partner_tenant_id,
+                    route_id: g.route_id,
+                })
+                .collect(),
+            due_later,
+        })
     }
 
-    async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<String>> {
+    async fn due_groups(&self, now: i64, limit: u32) -> Result<Vec<DueGroup>> {
         let rows = sqlx::query(
-            "SELECT group_key FROM notify_groups WHERE next_flush_at <= $1 \
-             ORDER BY next_flush_at LIMIT $2",
+            "SELECT group_key, partner_tenant_id, route_id FROM notify_groups \
+             WHERE next_flush_at <= $1 ORDER BY next_flush_at LIMIT $2",
         )
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        Ok(rows
+            .iter()
+            .map(|r| DueGroup {
+                group_key: r.get(0),
+                partner_tenant_id: r.get(1),
+                route_id: r.get(2),
+            })
+            .collect())
     }
 
     async fn next_group_due(&self) -> Result<Option<i64>> {
@@ -996,108 +1257,35 @@ impl NotifyStore for SqlStore {
     }
 
     async fn load_group(&self, group_key: &str) -> Result<Option<GroupState>> {
-        let Some(g) = sqlx::query("SELECT * FROM notify_groups WHERE group_key = $1")
-            .bind(group_key)
-            .fetch_optional(self.pool())
-            .await?
-        else {
-            return Ok(None);
-        };
-        let items = sqlx::query(
-            "SELECT fingerprint, kind, firing, severity, summary, updated_at FROM group_items \
-             WHERE group_key = $1 ORDER BY fingerprint",
-        )
-        .bind(group_key)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(Some(GroupState {
-            group_key: g.get("group_key"),
-            partner_tenant_id: g.get("partner_tenant_id"),
-            route_id: g.get("route_id"),
-            version: g.get("version"),
-            flush_seq: g.get("flush_seq"),
-            created_at: g.get("created_at"),
-            next_flush_at: g.get("next_flush_at"),
-            last_notified_at: g.get("last_notified_at"),
-            last_notified_hash: g.get("last_notified_hash"),
-            group_interval_ms: g.get("group_interval_ms"),
-            repeat_interval_ms: g.get("repeat_interval_ms"),
-            items: items
-                .iter()
-                .map(|r| GroupItem {
-                    fingerprint: r.get("fingerprint"),
-                    kind: r.get("kind"),
-                    firing: r.get::<i64, _>("firing") != 0,
-                    severity: r.get::<i64, _>("severity") as i32,
-                    summary: r.get("summary"),
-                    updated_at: r.get("updated_at"),
-                })
-                .collect(),
-        }))
+        let mut conn = self.pool().acquire().await?;
+        load_group_in(&mut conn, group_key, "").await
     }
 
-    async fn commit_flush(&self, c: &FlushCommit) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        // The compare-and-set on version and flush_seq makes a flush a no-op if an event
-        // slipped in after the group was loaded, or another replica flushed first.
-        let (last_at, hash_sql) = if c.notified_hash.is_some() {
-            ("$5", "$6")
-        } else {
-            ("last_notified_at", "last_notified_hash")
+    async fn flush_group(
+        &self,
+        group_key: &str,
+        now: i64,
+        decide: &FlushDecider<'_>,
+    ) -> Result<bool> {
+        let lock = match self.db.backend() {
+            // Events touching the group and other flushers queue behind this flush: what it
+            // reads is what it commits.
+            Backend::Postgres => " FOR UPDATE",
+            // One connection, one writer: the transaction is already exclusive.
+            Backend::Sqlite => "",
         };
-        let update = format!(
-            "UPDATE notify_groups SET flush_seq = flush_seq + 1, next_flush_at = $4, \
-             last_notified_at = {last_at}, last_notified_hash = {hash_sql} \
-             WHERE group_key = $1 AND version = $2 AND flush_seq = $3"
-        );
-        let mut q = sqlx::query(&update)
-            .bind(&c.group_key)
-            .bind(c.expected_version)
-            .bind(c.expected_flush_seq)
-            .bind(c.next_flush_at.unwrap_or(i64::MAX));
-        if let Some(hash) = &c.notified_hash {
-            q = q.bind(c.now).bind(hash.clone());
-        }
-        if q.execute(&mut *tx).await?.rows_affected() == 0 {
+        let mut tx = self.pool().begin().await?;
+        let Some(group) = load_group_in(&mut tx, group_key, lock).await? else {
+            return Ok(false);
+        };
+        // Another flusher got here first, or an event moved the timer on.
+        if group.next_flush_at > now {
             return Ok(false);
         }
-        if let Some(hash) = &c.notified_hash {
-            let partner = &c.partner_tenant_id;
-            sqlx::query(
-                "INSERT INTO notification_log (group_key, flush_seq, partner_tenant_id, \
-                 notified_at, content_hash, firing, resolved) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-            )
-            .bind(&c.group_key)
-            .bind(c.expected_flush_seq + 1)
-            .bind(partner)
-            .bind(c.now)
-            .bind(hash)
-            .bind(c.firing)
-            .bind(c.resolved)
-            .execute(&mut *tx)
-            .await?;
-            // Resolved items have been told; they leave the group.
-            sqlx::query("DELETE FROM group_items WHERE group_key = $1 AND firing = 0")
-                .bind(&c.group_key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if c.next_flush_at.is_none() {
-            // Closed, not deleted: the row keeps its flush sequence, so a group that reopens
-            // later never reuses a notification-log entry or a delivery id.
-            sqlx::query("DELETE FROM group_items WHERE group_key = $1")
-                .bind(&c.group_key)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE notify_groups SET last_notified_at = NULL, last_notified_hash = '' \
-                 WHERE group_key = $1",
-            )
-            .bind(&c.group_key)
-            .execute(&mut *tx)
-            .await?;
-        }
-        insert_deliveries_in(&mut tx, &c.deliveries).await?;
+        let Some(c) = decide(&group)? else {
+            return Ok(false);
+        };
+        write_flushes_in(&mut tx, &[(group, c)]).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -1362,30 +1550,49 @@ impl NotifyStore for SqlStore {
         Ok(n)
     }
 
-    async fn claim_due(&self, now: i64, lease_until: i64, limit: u32) -> Result<Vec<DeliveryRow>> {
+    async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+        skip_endpoints: &[String],
+    ) -> Result<Vec<DeliveryRow>> {
         let lock = match self.db.backend() {
             // Replicas claim disjoint rows instead of queueing behind each other's locks.
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             // One connection, one writer: the statement is already exclusive.
             Backend::Sqlite => "",
         };
+        let skip = if skip_endpoints.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = (0..skip_endpoints.len())
+                .map(|i| format!("${}", i + 7))
+                .collect();
+            format!(
+                "AND (CASE WHEN channel_id = '' THEN target ELSE channel_id END) NOT IN ({})",
+                list.join(",")
+            )
+        };
         let sql = format!(
             "UPDATE deliveries SET status = $1, lease_until = $2, updated_at = $3 \
              WHERE delivery_id IN (SELECT delivery_id FROM deliveries \
-               WHERE (status IN ($4, $5) AND next_attempt_at <= $3) \
-                  OR (status = $1 AND lease_until <= $3) \
+               WHERE ((status IN ($4, $5) AND next_attempt_at <= $3) \
+                  OR (status = $1 AND lease_until <= $3)) {skip} \
                ORDER BY next_attempt_at LIMIT $6 {lock}) \
              RETURNING {DELIVERY_COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
+        let mut q = sqlx::query(&sql)
             .bind(DeliveryStatus::Sending as i32 as i64)
             .bind(lease_until)
             .bind(now)
             .bind(DeliveryStatus::Planned as i32 as i64)
             .bind(DeliveryStatus::Retrying as i32 as i64)
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await?;
+            .bind(i64::from(limit));
+        for endpoint in skip_endpoints {
+            q = q.bind(endpoint);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
         let mut claimed: Vec<DeliveryRow> = rows.iter().map(delivery_from_row).collect();
         claimed.sort_by_key(|d| d.delivery.next_attempt_at);
         Ok(claimed)
@@ -1465,6 +1672,82 @@ impl NotifyStore for SqlStore {
                     .bind(&a.delivery_id)
                     .bind(i64::from(a.attempt))
                     .bind(&a.error);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_retrying(
+        &self,
+        attempts: &[(AttemptRecord, i64)],
+        failing_channels: &[String],
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT / 2) {
+            let sql = format!(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
+                 duration_ms) VALUES {} ON CONFLICT (delivery_id, attempt) DO NOTHING",
+                placeholders(chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for (a, _) in chunk {
+                q = q
+                    .bind(&a.delivery_id)
+                    .bind(i64::from(a.attempt))
+                    .bind(a.at)
+                    .bind(i64::from(a.http_status))
+                    .bind(&a.error)
+                    .bind(i64::from(a.duration_ms));
+            }
+            q.execute(&mut *tx).await?;
+            // As in `record_delivered`: per-row values through CASE on the id. Binds: $1
+            // status, $2 now, then (id, attempt, error, retry at) per row from $3.
+            let n = chunk.len();
+            let case = |col: usize| {
+                (0..n)
+                    .map(|r| format!("WHEN ${} THEN ${}", 3 + r * 4, 3 + r * 4 + col))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let ids = (0..n)
+                .map(|r| format!("${}", 3 + r * 4))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "UPDATE deliveries SET status = $1, lease_until = NULL, updated_at = $2, \
+                 attempts = CASE delivery_id {} END, last_error = CASE delivery_id {} END, \
+                 next_attempt_at = CASE delivery_id {} END WHERE delivery_id IN ({ids})",
+                case(1),
+                case(2),
+                case(3)
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(DeliveryStatus::Retrying as i32 as i64)
+                .bind(now);
+            for (a, retry_at) in chunk {
+                q = q
+                    .bind(&a.delivery_id)
+                    .bind(i64::from(a.attempt))
+                    .bind(&a.error)
+                    .bind(*retry_at);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in failing_channels.chunks(ROWS_PER_STATEMENT) {
+            let ids = (0..chunk.len())
+                .map(|r| format!("${}", r + 2))
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "UPDATE channels SET failing_since = $1 \
+                 WHERE failing_since IS NULL AND channel_id IN ({ids})"
+            );
+            let mut q = sqlx::query(&sql).bind(now);
+            for id in chunk {
+                q = q.bind(id);
             }
             q.execute(&mut *tx).await?;
         }
