@@ -1,66 +1,17 @@
 //! The webhook receiver: genuine events from ms-sim are taken once; forged, unsigned, tampered,
 //! wrongly certified, stale and oversized ones are refused and leave nothing behind.
 
+#[path = "support/capture.rs"]
+mod capture;
 mod support;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use axum::{
-    Router,
-    body::Bytes,
-    http::{HeaderMap, StatusCode},
-    routing::{get, post},
-};
+use capture::{capture_server, post_to};
+
 use palisade_contracts::events::v1::{DapRelationshipTerminated, GdapRelationshipChanged};
 use prost::Message;
 use support::*;
-
-type Captured = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
-
-/// A receiver that keeps what Partner Center sent (to replay it, altered), and serves a
-/// certificate of our own making at `/evil.cer`.
-async fn capture_server() -> (std::net::SocketAddr, Captured) {
-    let captured: Captured = Arc::default();
-    let evil =
-        rcgen::generate_simple_self_signed(vec!["pcnotifications-dispatch.microsoft.com".into()])
-            .unwrap();
-    let evil_der = evil.cert.der().to_vec();
-    let store = Arc::clone(&captured);
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let store = Arc::clone(&store);
-                async move {
-                    store.lock().unwrap().push((headers, body));
-                    StatusCode::OK
-                }
-            }),
-        )
-        .route("/evil.cer", get(move || async move { evil_der.clone() }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, captured)
-}
-
-async fn post_to(url: &str, headers: &HeaderMap, body: impl Into<reqwest::Body>) -> u16 {
-    let mut request = reqwest::Client::new().post(url).body(body);
-    for name in [
-        "authorization",
-        "x-ms-certificate-url",
-        "x-ms-signature-algorithm",
-        "content-type",
-    ] {
-        if let Some(v) = headers.get(name) {
-            request = request.header(name, v.to_str().unwrap());
-        }
-    }
-    request.send().await.unwrap().status().as_u16()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_unsigned_tampered_stale_and_oversized_webhooks_are_refused_and_nothing_is_stored() {
@@ -129,7 +80,7 @@ async fn forged_unsigned_tampered_stale_and_oversized_webhooks_are_refused_and_n
     let mut wrong_chain = headers.clone();
     wrong_chain.insert(
         "x-ms-certificate-url",
-        format!("http://{capture}/evil.cer").parse().unwrap(),
+        format!("http://{capture}/forged.cer").parse().unwrap(),
     );
     assert_eq!(post_to(&url, &wrong_chain, body.clone()).await, 401);
     // Another algorithm.

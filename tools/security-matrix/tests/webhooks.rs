@@ -5,67 +5,16 @@
 //! body, oversized, and stale (a replay after the freshness window). Each must answer 401 (or
 //! 413) and leave nothing stored; the genuine one is then taken, so the checks can fail.
 
+#[path = "../../../services/alert-ingest/tests/support/capture.rs"]
+mod capture;
 #[path = "../../../services/alert-ingest/tests/support/mod.rs"]
 mod support;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use axum::{
-    Router,
-    body::Bytes,
-    http::{HeaderMap, StatusCode},
-    routing::{get, post},
-};
+use capture::{capture_server, post_to};
+
 use support::{World, client, eventually};
-
-type Captured = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
-
-/// Keeps what Partner Center sends, and serves a self-made certificate for the same host name
-/// Microsoft's dispatcher uses.
-async fn capture_server() -> (std::net::SocketAddr, Captured) {
-    let captured: Captured = Arc::default();
-    let forged =
-        rcgen::generate_simple_self_signed(vec!["pcnotifications-dispatch.microsoft.com".into()])
-            .unwrap();
-    let forged_der = forged.cert.der().to_vec();
-    let store = Arc::clone(&captured);
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let store = Arc::clone(&store);
-                async move {
-                    store.lock().unwrap().push((headers, body));
-                    StatusCode::OK
-                }
-            }),
-        )
-        .route(
-            "/forged.cer",
-            get(move || async move { forged_der.clone() }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, captured)
-}
-
-async fn post_to(url: &str, headers: &HeaderMap, body: impl Into<reqwest::Body>) -> u16 {
-    let mut request = reqwest::Client::new().post(url).body(body);
-    for (name, value) in headers {
-        if matches!(
-            name.as_str(),
-            "host" | "content-length" | "transfer-encoding"
-        ) {
-            continue;
-        }
-        request = request.header(name, value.to_str().unwrap());
-    }
-    request.send().await.unwrap().status().as_u16()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_webhooks_are_refused_and_nothing_is_stored() {
