@@ -114,6 +114,12 @@ pub struct AlertSpec {
     pub severity: Option<String>,
     #[serde(default)]
     pub is_test: bool,
+    /// How long before it appears the detected activity ended: Microsoft computes some
+    /// detections from delayed usage data, so an alert can surface with a
+    /// `lastObservedDateTime` hours in the past (its `detectedDateTime` is still now).
+    /// One minute when absent.
+    #[serde(default)]
+    pub observed_seconds_ago: Option<u64>,
 }
 
 /// Graph's form: seven fractional digits and `Z`, e.g. `2025-03-04T09:12:44.1230000Z`.
@@ -169,6 +175,10 @@ impl Alert {
             None => ["high", "medium", "low", "informational"][n as usize % 4],
         };
         let subscription_id = scenario.azure_subscription_id(customer);
+        let observed_ago_ms = spec
+            .observed_seconds_ago
+            .map_or(60_000, |s| (s as i64).saturating_mul(1000));
+        let last_observed_ms = now_ms - observed_ago_ms;
         let entity_id = derived_id(scenario.seed, &format!("{}/alert{n}", partner.tenant_id));
         let mut additional_details = BTreeMap::new();
         if alert_type.to_ascii_lowercase().contains("crypto") {
@@ -206,8 +216,8 @@ impl Alert {
             resolved_on_ms: None,
             resolved_by: None,
             detected_ms: now_ms,
-            first_observed_ms: now_ms - 20 * 60_000,
-            last_observed_ms: now_ms - 60_000,
+            first_observed_ms: last_observed_ms - 19 * 60_000,
+            last_observed_ms,
             is_test: spec.is_test,
             hit_count: 1 + (n % 17) as u32,
             reseller: customer

@@ -128,6 +128,46 @@ async fn alerts_page_through_next_links_filter_and_carry_the_quirks() {
     sim.shutdown().await;
 }
 
+/// A detection computed from delayed usage data appears now with activity that ended hours
+/// ago: a reader filtering on recent `lastObservedDateTime` does not see it.
+#[tokio::test]
+async fn an_alert_can_surface_hours_after_its_last_observed_activity() {
+    let sim = sim().await;
+    let token = partner_graph_token(&sim).await;
+    let partner = sim.scenario().partners[0].tenant_id.clone();
+    let control = sim.control();
+    let now = control.now_millis();
+    let id = control
+        .raise_alert(
+            &partner,
+            &ms_sim::AlertSpec {
+                observed_seconds_ago: Some(3 * 3600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (alerts, _) = all_pages(graph(&sim, "/beta/security/partner/securityAlerts"), &token).await;
+    let late = alerts.iter().find(|a| a["id"] == id.as_str()).unwrap();
+    let at = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(late[field].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    assert!(at("detectedDateTime") >= now, "detected when it appears");
+    let last = at("lastObservedDateTime");
+    assert!(last <= now - 3 * 3_600_000 + 1000 && last > now - 3 * 3_600_000 - 60_000);
+    assert!(at("firstObservedDateTime") < last);
+
+    let hour_ago = chrono::DateTime::from_timestamp_millis(now - 3_600_000)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let query =
+        format!("/beta/security/partner/securityAlerts?$filter=lastObservedDateTime ge {hour_ago}");
+    let (recent, _) = all_pages(graph(&sim, &query), &token).await;
+    assert!(recent.iter().all(|a| a["id"] != id.as_str()));
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn patch_returns_the_whole_updated_alert_and_needs_the_write_permission() {
     let sim = sim().await;

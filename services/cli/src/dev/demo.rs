@@ -216,7 +216,7 @@ pub async fn live(
                 }
                 .to_owned(),
             ),
-            is_test: false,
+            ..Default::default()
         };
         if let Some(id) = control.raise_alert(&partner.tenant_id, &spec) {
             tracing::info!(alert = %id, "ms-sim raised a new alert and fired its webhook");
