@@ -39,9 +39,15 @@ pub struct IngestSettings {
     /// Re-read this much before the cursor, so nothing observed between polls slips through.
     #[serde(with = "humantime_serde")]
     pub poll_overlap: Duration,
-    /// How far back the first Graph poll of a partner reaches.
+    /// How far back the first Graph poll of a partner reaches, and each Graph resync.
     #[serde(with = "humantime_serde")]
     pub initial_lookback: Duration,
+    /// How often each partner's Graph alerts are re-read over the whole `initial_lookback`
+    /// (0 s: never). The incremental poll only reads from its cursor minus `poll_overlap`, so
+    /// an alert that first appears in Graph longer than that after its `lastObservedDateTime`
+    /// is only found by this resync.
+    #[serde(with = "humantime_serde")]
+    pub graph_resync_interval: Duration,
     /// fraudEvents page size (`PageSize`), and how many pages one poll reads at most.
     pub fraud_page_size: u32,
     pub fraud_max_pages: u32,
@@ -61,6 +67,7 @@ impl Default for IngestSettings {
         Self {
             poll_overlap: Duration::from_secs(600),
             initial_lookback: Duration::from_secs(60 * 86_400),
+            graph_resync_interval: Duration::from_secs(6 * 3600),
             fraud_page_size: 200,
             fraud_max_pages: 100,
             enrichment: true,
@@ -83,6 +90,12 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// `new`: an alert the store did not hold; `changed`: a stored alert whose change was missed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct MissedLabel {
+    pub kind: String,
+}
+
 /// The counters the metrics contract names.
 #[derive(Clone, Debug, Default)]
 pub struct IngestMetrics {
@@ -91,6 +104,9 @@ pub struct IngestMetrics {
     pub webhooks_rejected: Counter,
     pub response_avg30d: Family<PartnerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub unresolved_over_24h: Family<PartnerLabel, Gauge>,
+    /// What the Graph resync wrote: what the incremental poll had missed. Above zero, alerts
+    /// reach Graph late (or the cursor skipped something); without the resync they were lost.
+    pub resync_missed: Family<MissedLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -125,6 +141,11 @@ impl IngestMetrics {
             "alert_webhooks_rejected",
             "Webhooks refused as unsigned, forged or stale",
             m.webhooks_rejected.clone(),
+        );
+        metrics.register(
+            "alerts_resync_missed",
+            "Graph alerts the periodic resync stored (new) or updated (changed) that the incremental poll had missed",
+            m.resync_missed.clone(),
         );
         m
     }
@@ -271,29 +292,44 @@ impl Ingestor {
     /// persisted, so a crash re-reads (idempotently) rather than skips.
     pub async fn poll(&self, claim: &PollClaim) -> PollResult {
         let started = self.now();
-        let result = match claim.source {
-            AlertSource::Graph => self.poll_graph(claim).await,
-            AlertSource::FraudEvents => self.poll_fraud_events(claim).await.map(|()| None),
-            AlertSource::Unspecified => Ok(None),
+        let (cursor, error) = match claim.source {
+            // A failed resync keeps the cursor the incremental poll earned; the resync is
+            // still due, so the next poll tries it again.
+            AlertSource::Graph => match self.poll_graph(claim).await {
+                Ok(cursor) => (
+                    cursor,
+                    self.resync_graph_if_due(claim)
+                        .await
+                        .err()
+                        .map(|e| ("graph resync: ", e)),
+                ),
+                Err(error) => (None, Some(("", error))),
+            },
+            AlertSource::FraudEvents => (
+                None,
+                self.poll_fraud_events(claim).await.err().map(|e| ("", e)),
+            ),
+            AlertSource::Unspecified => (None, None),
         };
         let interval = claim.interval_ms.max(1000);
-        match result {
-            Ok(cursor) => PollResult {
+        match error {
+            None => PollResult {
                 next_poll_at: (started + interval).max(self.now() + 1000),
                 cursor_ms: cursor,
                 error: None,
             },
-            Err(error) => {
+            Some((prefix, error)) => {
                 let wait = error
                     .retry_after()
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(0)
                     .max(interval);
+                let error = format!("{prefix}{error}");
                 tracing::warn!(partner_tenant_id = %claim.partner_tenant_id, source = ?claim.source, %error, "poll failed");
                 PollResult {
                     next_poll_at: self.now() + wait,
-                    cursor_ms: None,
-                    error: Some(error.to_string()),
+                    cursor_ms: cursor,
+                    error: Some(error),
                 }
             }
         }
@@ -313,7 +349,7 @@ impl Ingestor {
             status: None,
             last_observed_since: chrono::DateTime::from_timestamp_millis(since),
         };
-        max_seen = max_seen.max(self.read_graph(partner, &token, &query).await?);
+        max_seen = max_seen.max(self.read_graph(partner, &token, &query).await?.max_seen);
         // Microsoft (or the partner, in the portal) may resolve an alert without new activity,
         // so its lastObservedDateTime does not move: look for resolutions since our oldest
         // open alert.
@@ -329,20 +365,84 @@ impl Ingestor {
         Ok(Some(max_seen.min(now)))
     }
 
-    /// Reads every page of a query, persisting page by page; returns the latest
-    /// `lastObservedDateTime` seen.
+    /// The periodic reconciliation of one partner's Graph alerts (`graph_resync_interval`).
+    ///
+    /// The incremental poll reads from its cursor minus `poll_overlap`. An alert that first
+    /// appears in Graph longer than that after its `lastObservedDateTime` (a detection
+    /// computed from delayed usage data) never falls in that window; with Graph the only
+    /// source it would be lost. The resync reads what a partner's first poll reads, every
+    /// alert observed within `initial_lookback`, through the same idempotent ingest, so it
+    /// writes nothing for what is stored already, and what it does write is what the
+    /// incremental poll missed (counted and logged: a health signal).
+    ///
+    /// It runs inside the Graph poll, so under that poll's per-partner lease and the shared
+    /// throttle. It asks with the filter the incremental poll already uses
+    /// (`lastObservedDateTime ge`), and nothing the reference does not list for this endpoint
+    /// (no `status ne`, `$orderby` or `$top`), following `@odata.nextLink`. When it last ran is persisted in
+    /// the store's key/time table (`cache_put`, one row per partner, no migration), so
+    /// replicas and restarts do not repeat it; a failed resync is not recorded and stays due.
+    async fn resync_graph_if_due(&self, claim: &PollClaim) -> Result<(), WorkError> {
+        let every = self.settings.graph_resync_interval.as_millis() as i64;
+        if every == 0 {
+            return Ok(());
+        }
+        let partner = claim.partner_tenant_id.as_str();
+        let key = format!("graph-resync:{partner}");
+        let now = self.now();
+        if claim.cursor_ms.is_none() {
+            // The partner's first poll has just read the whole lookback: that was a resync.
+            self.store.cache_put(&key, &now.to_string(), now).await?;
+            return Ok(());
+        }
+        if self.store.cache_get(&key, now - every).await?.is_some() {
+            return Ok(());
+        }
+        let token = self.token(partner, Resource::Graph).await?;
+        let query = AlertQuery {
+            status: None,
+            last_observed_since: chrono::DateTime::from_timestamp_millis(
+                now - self.settings.initial_lookback.as_millis() as i64,
+            ),
+        };
+        let read = self.read_graph(partner, &token, &query).await?;
+        self.store.cache_put(&key, &now.to_string(), now).await?;
+        for (kind, count) in [("new", read.raised), ("changed", read.changed)] {
+            self.metrics
+                .resync_missed
+                .get_or_create(&MissedLabel { kind: kind.into() })
+                .inc_by(count as u64);
+        }
+        if read.raised + read.changed > 0 {
+            tracing::warn!(
+                partner_tenant_id = partner,
+                read = read.read,
+                missed_new = read.raised,
+                missed_changed = read.changed,
+                "graph resync found alerts the incremental poll had missed"
+            );
+        } else {
+            tracing::info!(
+                partner_tenant_id = partner,
+                read = read.read,
+                "graph resync found nothing missed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads every page of a query, persisting page by page.
     async fn read_graph(
         &self,
         partner: &str,
         token: &str,
         query: &AlertQuery,
-    ) -> Result<i64, WorkError> {
+    ) -> Result<GraphRead, WorkError> {
         let mut page = self
             .graph
             .list(token, query)
             .await
             .inspect_err(|e| self.on_error(partner, Resource::Graph, e))?;
-        let mut max_seen = 0;
+        let mut read = GraphRead::default();
         loop {
             for item in &page.items {
                 if let Some(t) = item
@@ -350,12 +450,21 @@ impl Ingestor {
                     .and_then(|v| v.as_str())
                     .and_then(palisade_microsoft::graph_alerts::lenient::parse_datetime)
                 {
-                    max_seen = max_seen.max(t.timestamp_millis());
+                    read.max_seen = read.max_seen.max(t.timestamp_millis());
                 }
             }
             let next = page.next_link.take();
-            self.ingest_raw(partner, AlertSource::Graph, std::mem::take(&mut page.items))
+            read.read += page.items.len();
+            let outcome = self
+                .ingest_raw(partner, AlertSource::Graph, std::mem::take(&mut page.items))
                 .await?;
+            let raised = outcome
+                .applied
+                .iter()
+                .filter(|a| a.change == ChangeKind::Raised)
+                .count();
+            read.raised += raised;
+            read.changed += outcome.written.saturating_sub(raised);
             let Some(link) = next else { break };
             page = self
                 .graph
@@ -363,7 +472,7 @@ impl Ingestor {
                 .await
                 .inspect_err(|e| self.on_error(partner, Resource::Graph, e))?;
         }
-        Ok(max_seen)
+        Ok(read)
     }
 
     async fn poll_fraud_events(&self, claim: &PollClaim) -> Result<(), WorkError> {
@@ -701,6 +810,19 @@ impl Ingestor {
         self.store.cache_put(key, &value.to_string(), now).await?;
         Ok(value)
     }
+}
+
+/// What reading one Graph query did.
+#[derive(Debug, Clone, Copy, Default)]
+struct GraphRead {
+    /// Items Graph returned.
+    read: usize,
+    /// The latest `lastObservedDateTime` among them (0 when none).
+    max_seen: i64,
+    /// Alerts stored for the first time.
+    raised: usize,
+    /// Stored alerts that changed.
+    changed: usize,
 }
 
 fn text(value: &serde_json::Value, key: &str) -> String {

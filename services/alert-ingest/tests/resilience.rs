@@ -33,6 +33,149 @@ fn incremental_graph_polls(world: &World, partner: &str) -> Vec<ms_sim::RequestR
     polls
 }
 
+/// Graph reads by the periodic resync: the lookback window, not the cursor's, so their
+/// `lastObservedDateTime ge` lies more than a day back.
+fn graph_resyncs(world: &World, partner: &str) -> Vec<ms_sim::RequestRecord> {
+    let day_ago = world.sim.control().now_millis() - 86_400_000;
+    incremental_graph_polls(world, partner)
+        .into_iter()
+        .filter(|r| {
+            url::form_urlencoded::parse(r.query.as_bytes())
+                .find(|(k, _)| k == "$filter")
+                .and_then(|(_, f)| {
+                    let since = f.strip_prefix("lastObservedDateTime ge ")?.to_owned();
+                    chrono::DateTime::parse_from_rfc3339(&since).ok()
+                })
+                .is_some_and(|since| since.timestamp_millis() < day_ago)
+        })
+        .collect()
+}
+
+/// Microsoft computes some detections from delayed usage data, so an alert can first appear in
+/// Graph hours after its `lastObservedDateTime`, far behind the incremental poll's cursor.
+/// With Graph the only source, the resync must still store it, announce it once however often
+/// it runs, and remember when it ran across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_reaching_graph_hours_late_is_stored_and_announced_once() {
+    let world = World::new().await;
+    let partner = world.partner(0);
+    let mut events = world.consumer("alerts").await;
+    let mut settings = world.settings("a");
+    settings.ingest.graph_resync_interval = Duration::from_secs(1);
+    let a = world.start(settings).await;
+    let mut client_a = client(a.grpc, Some(&world.admin)).await;
+    world
+        .configure(&mut client_a, &partner, true, false, 1)
+        .await;
+    let control = world.sim.control();
+    // A fresh alert takes the cursor to about now, so the incremental poll's window starts
+    // ten minutes ago.
+    let fresh = control
+        .raise_alert(&partner, &ms_sim::AlertSpec::default())
+        .unwrap();
+    let stored_with = |graph_id: String| {
+        let mut c = client_a.clone();
+        let p = partner.clone();
+        async move {
+            all_alerts(&mut c, &p)
+                .await
+                .into_iter()
+                .filter(|a| a.graph_alert_id == graph_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    eventually("the fresh alert is stored", || {
+        let stored = stored_with(fresh.clone());
+        async move { !stored.await.is_empty() }
+    })
+    .await;
+    // Polls of one partner do not overlap: the second to start after the store began after
+    // the cursor moved.
+    let cursor_polls =
+        || incremental_graph_polls(&world, &partner).len() - graph_resyncs(&world, &partner).len();
+    let polls_before = cursor_polls();
+    eventually("an incremental poll from the new cursor", || async {
+        cursor_polls() > polls_before + 1
+    })
+    .await;
+
+    let late = control
+        .raise_alert(
+            &partner,
+            &ms_sim::AlertSpec {
+                observed_seconds_ago: Some(3 * 3600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    eventually("the late alert is stored", || {
+        let stored = stored_with(late.clone());
+        async move { !stored.await.is_empty() }
+    })
+    .await;
+    let resyncs = graph_resyncs(&world, &partner).len();
+    eventually("two more resyncs ran after it was stored", || async {
+        graph_resyncs(&world, &partner).len() >= resyncs + 2
+    })
+    .await;
+    let stored = stored_with(late.clone()).await;
+    assert_eq!(stored.len(), 1, "stored once");
+    let late_alert = stored[0].clone();
+    assert!(
+        late_alert.fraud_event_id.is_empty(),
+        "Graph was the only source"
+    );
+    assert_eq!(
+        all_alerts(&mut client_a, &partner).await.len(),
+        control.alerts(&partner).len(),
+        "every simulator alert once, nothing doubled by the resyncs"
+    );
+
+    let mut raised = 0;
+    loop {
+        let batch = events
+            .next_batch(200, Duration::from_secs(2))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for d in &batch {
+            if d.envelope.kind == "alert.raised"
+                && AlertRaised::decode(d.envelope.payload.as_slice())
+                    .unwrap()
+                    .alert
+                    .unwrap()
+                    .alert_id
+                    == late_alert.alert_id
+            {
+                raised += 1;
+            }
+        }
+        events.ack_many(&batch).await.unwrap();
+    }
+    assert_eq!(raised, 1, "alert.raised once for the late alert");
+
+    // A restarted (or another) replica knows when the last resync ran: with a longer
+    // interval, it polls without resyncing.
+    a.running.stop().await;
+    let resyncs = graph_resyncs(&world, &partner).len();
+    let mut settings = world.settings("b");
+    settings.ingest.graph_resync_interval = Duration::from_secs(3600);
+    let b = world.start(settings).await;
+    let polls_before = incremental_graph_polls(&world, &partner).len();
+    eventually("the new replica polled a few times", || async {
+        incremental_graph_polls(&world, &partner).len() >= polls_before + 3
+    })
+    .await;
+    assert_eq!(
+        graph_resyncs(&world, &partner).len(),
+        resyncs,
+        "no resync repeated after the restart"
+    );
+    b.running.stop().await;
+}
+
 // The bursts below raise alerts of one type for one customer within the same millisecond, so
 // several agree on everything the fingerprint covers; each must still be stored on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -274,6 +274,8 @@ pub trait AlertStore: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> Result<Option<Applied>>;
     async fn enrichment_failed(&self, alert_id: &str, retry_at: i64) -> Result<()>;
+    /// A persisted key → (value, time) table: Partner Center details for enrichment, and when
+    /// each partner's Graph resync last ran (`graph-resync:{partner}`).
     async fn cache_get(&self, key: &str, fresh_after: i64) -> Result<Option<String>>;
     async fn cache_put(&self, key: &str, value: &str, now: i64) -> Result<()>;
 }
