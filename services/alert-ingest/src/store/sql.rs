@@ -295,9 +295,18 @@ const UPSERT_COLUMNS: &str = "alert_id, partner_tenant_id, fingerprint, status, 
     last_observed_at, resolved_at, write_back_state, enrich_state, enrich_after, alert_proto, raw_graph, \
     raw_fraud, created_at, updated_at";
 
+/// Writes alert rows: `stored` ones (read under the partner's lock in this transaction) as an
+/// upsert that keeps their enrichment and earlier raw payloads, new ones as a plain INSERT.
+///
+/// A plain INSERT is cheaper for Postgres than `ON CONFLICT` (no speculative insertion: no
+/// probe of the key before the write and no confirmation record after it). It is still safe:
+/// every writer of new rows holds the partner's lock, so no other transaction can have
+/// inserted one of them since it was read as absent, and if one had, the primary key would
+/// fail this transaction rather than store the alert twice.
 async fn upsert_alerts(
     conn: &mut sqlx::AnyConnection,
     rows: &[RowWrite<'_>],
+    stored: bool,
     now: i64,
 ) -> Result<()> {
     for chunk in rows.chunks(200) {
@@ -346,7 +355,8 @@ async fn upsert_alerts(
         }
         // The detected time used for response times: Microsoft's detection, else first
         // observation. Enrichment state is never reset by an update.
-        sql.push_str(
+        if stored {
+            sql.push_str(
             " ON CONFLICT (alert_id) DO UPDATE SET \
              status = excluded.status, severity = excluded.severity, alert_type = excluded.alert_type, \
              alert_type_key = excluded.alert_type_key, customer_tenant_id = excluded.customer_tenant_id, \
@@ -356,7 +366,8 @@ async fn upsert_alerts(
              write_back_state = excluded.write_back_state, alert_proto = excluded.alert_proto, \
              raw_graph = COALESCE(excluded.raw_graph, alerts.raw_graph), \
              raw_fraud = COALESCE(excluded.raw_fraud, alerts.raw_fraud), updated_at = excluded.updated_at",
-        );
+            );
+        }
         bind_all(sqlx::query(&sql), binds.0)
             .execute(&mut *conn)
             .await?;
@@ -632,6 +643,7 @@ impl AlertStore for SqlStore {
             batch.iter().map(|o| o.partner_tenant_id.clone()).collect();
         self.lock_partners(&mut tx, &partners).await?;
         let mut state = self.load_slots(&mut tx, batch).await?;
+        let stored: std::collections::HashSet<String> = state.keys().cloned().collect();
         // Written rows in first-change order; the set keeps a page's membership test O(1).
         let mut dirty: Vec<String> = Vec::new();
         let mut dirty_set: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -665,7 +677,7 @@ impl AlertStore for SqlStore {
             }
             state.insert(id, merged.alert);
         }
-        let rows: Vec<RowWrite> = dirty
+        let (updates, inserts): (Vec<RowWrite>, Vec<RowWrite>) = dirty
             .iter()
             .filter_map(|id| {
                 let (raw_graph, raw_fraud) = raws.remove(id).unwrap_or_default();
@@ -675,8 +687,9 @@ impl AlertStore for SqlStore {
                     raw_fraud,
                 })
             })
-            .collect();
-        upsert_alerts(&mut tx, &rows, now).await?;
+            .partition(|row| stored.contains(&row.alert.alert_id));
+        upsert_alerts(&mut tx, &updates, true, now).await?;
+        upsert_alerts(&mut tx, &inserts, false, now).await?;
         insert_transitions(&mut tx, &transitions).await?;
         let events: Vec<(&str, Envelope)> = applied
             .iter_mut()
@@ -686,7 +699,7 @@ impl AlertStore for SqlStore {
         tx.commit().await?;
         Ok(IngestOutcome {
             applied,
-            written: rows.len(),
+            written: updates.len() + inserts.len(),
         })
     }
 
