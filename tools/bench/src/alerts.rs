@@ -45,7 +45,7 @@ fn iso(ms: i64) -> String {
         .to_string()
 }
 
-fn graph_item(partner: usize, n: usize, now: i64) -> serde_json::Value {
+pub(crate) fn graph_item(partner: usize, n: usize, now: i64) -> serde_json::Value {
     serde_json::json!({
         "id": format!("g-{partner}-{n}"), "displayName": "Action Required: CryptoMining detected",
         "description": "A virtual machine in this subscription connected repeatedly to a known mining pool.",

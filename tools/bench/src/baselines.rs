@@ -181,3 +181,162 @@ pub async fn raw_streams(redis_url: &str, messages: usize) -> anyhow::Result<(f6
     let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
     Ok((produce_rate, consume_rate))
 }
+
+/// Raw batched INSERTs of exactly the rows the ingest path writes per alert, into alert-ingest's
+/// own schema (its migrations, so the same indexes): the alert row (its columns, protobuf and raw
+/// payload), its history entry and its outbox event, one transaction of three 500-row
+/// statements per page. The rows are built from the benchmark's own Graph items before the
+/// clock starts, so this is the storage floor of the path, without normalisation, merging or
+/// publishing. Returns alerts per second.
+pub async fn raw_batched_insert_ingest_rows(
+    database_url: &str,
+    alerts: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    use palisade_alert_ingest::{model, store::AlertStore};
+    use palisade_contracts::events::v1::AlertRaised;
+    use prost::Message;
+    use sqlx::Executor;
+
+    let name = format!("palisade_bench_rows_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(database_url)
+        .await?;
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
+    let url = {
+        let mut u = url::Url::parse(database_url)?;
+        u.set_path(&format!("/{name}"));
+        u.to_string()
+    };
+    let db = palisade_storage::Database::connect(
+        &palisade_storage::DatabaseSettings {
+            url: secrecy::SecretString::from(url.clone()),
+            max_connections: 1,
+            ..Default::default()
+        },
+        "alerts",
+    )
+    .await?;
+    palisade_alert_ingest::store::SqlStore::new(db.clone())
+        .migrate()
+        .await?;
+    db.close().await;
+
+    struct Rows {
+        alert: palisade_contracts::alerts::v1::Alert,
+        proto: Vec<u8>,
+        raw: String,
+        transition: palisade_contracts::alerts::v1::AlertTransition,
+        message_id: String,
+        envelope: Vec<u8>,
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let rows: Vec<Rows> = (0..alerts)
+        .map(|n| {
+            let partner = format!("partner-{}", n % 8);
+            let obs = model::from_graph(&partner, crate::alerts::graph_item(n % 8, n, now))
+                .map_err(anyhow::Error::msg)?;
+            let merged = model::merge(None, &obs, now);
+            let alert = merged.alert;
+            let envelope = palisade_queue::envelope(
+                "alert.raised",
+                &partner,
+                &AlertRaised {
+                    alert: Some(alert.clone()),
+                },
+            );
+            Ok(Rows {
+                proto: alert.encode_to_vec(),
+                raw: obs.raw,
+                transition: merged.transition.unwrap_or_default(),
+                message_id: envelope.message_id.clone(),
+                envelope: envelope.encode_to_vec(),
+                alert,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    // The tables live in the service's schema, found through the search path as the service does.
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)?
+        .options([("search_path", "alerts")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let ms = |t: &Option<palisade_contracts::time::Timestamp>| {
+        t.as_ref()
+            .map(palisade_contracts::time::to_millis)
+            .unwrap_or(now)
+    };
+    let start = std::time::Instant::now();
+    for page in rows.chunks(batch) {
+        let mut tx = pool.begin().await?;
+        let mut alerts_insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO alerts (alert_id, partner_tenant_id, fingerprint, status, severity, alert_type, \
+             alert_type_key, customer_tenant_id, subscription_id, reseller_tenant_id, is_test, detected_at, \
+             last_observed_at, resolved_at, write_back_state, enrich_state, enrich_after, alert_proto, raw_graph, \
+             raw_fraud, created_at, updated_at) ",
+        );
+        alerts_insert.push_values(page, |mut b, r| {
+            let a = &r.alert;
+            b.push_bind(&a.alert_id)
+                .push_bind(&a.partner_tenant_id)
+                .push_bind(&a.fingerprint)
+                .push_bind(i64::from(a.status))
+                .push_bind(i64::from(a.severity))
+                .push_bind(&a.alert_type)
+                .push_bind(a.alert_type.to_ascii_lowercase())
+                .push_bind(&a.customer_tenant_id)
+                .push_bind(&a.subscription_id)
+                .push_bind(&a.reseller_tenant_id)
+                .push_bind(i64::from(a.is_test))
+                .push_bind(ms(&a.detected_at))
+                .push_bind(ms(&a.last_observed_at))
+                .push_bind(None::<i64>)
+                .push_bind(i64::from(a.write_back_state))
+                .push_bind(0_i64)
+                .push_bind(now)
+                .push_bind(&r.proto)
+                .push_bind(&r.raw)
+                .push_bind(None::<String>)
+                .push_bind(now)
+                .push_bind(now);
+        });
+        alerts_insert.build().execute(&mut *tx).await?;
+        let mut history = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO alert_transitions (alert_id, partner_tenant_id, from_status, to_status, actor, reason, at) ",
+        );
+        history.push_values(page, |mut b, r| {
+            let t = &r.transition;
+            b.push_bind(&r.alert.alert_id)
+                .push_bind(&r.alert.partner_tenant_id)
+                .push_bind(i64::from(t.from_status))
+                .push_bind(i64::from(t.to_status))
+                .push_bind(&t.actor)
+                .push_bind(&t.reason)
+                .push_bind(ms(&t.at));
+        });
+        history.build().execute(&mut *tx).await?;
+        let mut outbox = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO outbox (topic, message_id, envelope, created_at) ",
+        );
+        outbox.push_values(page, |mut b, r| {
+            b.push_bind("alerts")
+                .push_bind(&r.message_id)
+                .push_bind(&r.envelope)
+                .push_bind(now);
+        });
+        outbox.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    let rate = alerts as f64 / start.elapsed().as_secs_f64();
+    pool.close().await;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await?;
+    admin.close().await;
+    Ok(rate)
+}
