@@ -88,6 +88,9 @@ impl Default for Limits {
     }
 }
 
+/// How often the dispatcher looks again while what is due waits for busy endpoints.
+const BUSY_POLL: Duration = Duration::from_millis(20);
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -633,11 +636,17 @@ impl Notifier {
             if n == free {
                 continue;
             }
-            let wait = match self.store.next_delivery_due().await {
+            let mut wait = match self.store.next_delivery_due().await {
                 Ok(Some(at)) => Duration::from_millis((at - self.now()).clamp(0, i64::MAX) as u64),
                 _ => self.settings.poll_interval,
             }
             .min(self.settings.poll_interval);
+            // Everything claimable was claimed, so work due now belongs to busy endpoints:
+            // look again shortly (or on new work), not in a tight loop of empty claims for as
+            // long as a slow endpoint takes to answer.
+            if wait.is_zero() && !busy.is_empty() {
+                wait = BUSY_POLL.min(self.settings.poll_interval);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake_dispatch.notified() => {}
