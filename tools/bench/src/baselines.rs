@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 
 use crate::{
     echo::{
@@ -64,22 +64,33 @@ fn tokio_stream_adapter(
 /// Unary echo calls with the shared load generator: (max throughput, latency at half of it).
 /// The request carries 64 bytes; the reply echoes them, or is `reply_len` bytes when > 0.
 pub async fn grpc_echo(duration: Duration, reply_len: usize) -> anyhow::Result<(Sample, Sample)> {
+    Ok(loadgen::max_then_half(duration, echo_op(reply_len).await?).await)
+}
+
+/// One echo call against a fresh echo server, as a load generator operation.
+pub async fn echo_op(
+    reply_len: usize,
+) -> anyhow::Result<
+    impl Fn(u64) -> futures::future::BoxFuture<'static, anyhow::Result<()>>
+    + Send
+    + Sync
+    + Clone
+    + 'static,
+> {
     let addr = start_echo(reply_len).await?;
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-    let op = move |_i: u64| {
+    let channel = crate::loadgen::grpc_channel(addr).await?;
+    Ok(move |_i: u64| {
         let mut client = EchoServiceClient::new(channel.clone());
-        async move {
+        let op: futures::future::BoxFuture<'static, anyhow::Result<()>> = Box::pin(async move {
             client
                 .echo(EchoRequest {
                     payload: "x".repeat(64),
                 })
                 .await?;
             Ok(())
-        }
-    };
-    Ok(loadgen::max_then_half(duration, op).await)
+        });
+        op
+    })
 }
 
 /// Raw batched INSERTs of alert-sized rows: the ceiling for any ingest path into Postgres.

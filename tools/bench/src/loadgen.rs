@@ -30,6 +30,20 @@ impl Sample {
     }
 }
 
+/// The one gRPC client connection every gRPC workload and its echo baseline use. HTTP/2 flow
+/// control windows are raised from the 64 KiB default, as a client that makes thousands of calls
+/// a second would: with 64 calls in flight, kilobyte replies would otherwise wait for
+/// WINDOW_UPDATE frames.
+pub async fn grpc_channel(addr: std::net::SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .initial_connection_window_size(Some(8 << 20))
+            .initial_stream_window_size(Some(1 << 20))
+            .connect()
+            .await?,
+    )
+}
+
 fn new_histogram() -> Histogram<u64> {
     // 1 µs to 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
@@ -171,5 +185,87 @@ where
         errors,
         elapsed,
         histogram,
+    }
+}
+
+/// Two operations measured in alternating slices, A then B, `slices` times each, so that a busy
+/// patch of a shared machine lands on both instead of on whichever ran at that moment. Each
+/// pair of slices gives one ratio B/A; the caller takes the median.
+pub struct Paired {
+    pub ratios: Vec<f64>,
+    pub a: Sample,
+    pub b: Sample,
+}
+
+/// Closed loop at `concurrency` for both, in alternating slices: the throughput ratio.
+pub async fn paired_throughput<A, FA, B, FB>(
+    concurrency: usize,
+    slice: Duration,
+    slices: usize,
+    a: A,
+    b: B,
+) -> Paired
+where
+    A: Fn(u64) -> FA + Send + Sync + Clone + 'static,
+    FA: Future<Output = anyhow::Result<()>> + Send,
+    B: Fn(u64) -> FB + Send + Sync + Clone + 'static,
+    FB: Future<Output = anyhow::Result<()>> + Send,
+{
+    let mut paired = Paired::new();
+    for _ in 0..slices {
+        let sa = closed_loop(concurrency, slice, a.clone()).await;
+        let sb = closed_loop(concurrency, slice, b.clone()).await;
+        paired.add(sa, sb);
+    }
+    paired
+}
+
+/// Open loop at the same fixed rate for both, in alternating slices: their latencies under
+/// the same offered load.
+pub async fn paired_fixed_rate<A, FA, B, FB>(
+    rate_per_s: f64,
+    slice: Duration,
+    slices: usize,
+    a: A,
+    b: B,
+) -> Paired
+where
+    A: Fn(u64) -> FA + Send + Sync + Clone + 'static,
+    FA: Future<Output = anyhow::Result<()>> + Send,
+    B: Fn(u64) -> FB + Send + Sync + Clone + 'static,
+    FB: Future<Output = anyhow::Result<()>> + Send,
+{
+    let mut paired = Paired::new();
+    for _ in 0..slices {
+        let sa = fixed_rate(rate_per_s, slice, 64, a.clone()).await;
+        let sb = fixed_rate(rate_per_s, slice, 64, b.clone()).await;
+        paired.add(sa, sb);
+    }
+    paired
+}
+
+impl Paired {
+    fn new() -> Self {
+        let empty = || Sample {
+            operations: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            histogram: new_histogram(),
+        };
+        Self {
+            ratios: Vec::new(),
+            a: empty(),
+            b: empty(),
+        }
+    }
+
+    fn add(&mut self, a: Sample, b: Sample) {
+        self.ratios.push(b.throughput() / a.throughput().max(1e-9));
+        for (total, slice) in [(&mut self.a, a), (&mut self.b, b)] {
+            total.operations += slice.operations;
+            total.errors += slice.errors;
+            total.elapsed += slice.elapsed;
+            let _ = total.histogram.add(&slice.histogram);
+        }
     }
 }

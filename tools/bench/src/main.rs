@@ -230,21 +230,43 @@ async fn main() -> anyhow::Result<()> {
                     t.token_len
                 ),
             ));
-            let ratio = median(&cached_ratio);
-            let p99 = median(&cached.p99);
-            rows.push(cached.row(
+            // The verdict comes from a paired run: the echo and the cached call alternate in
+            // short slices (closed loop at 64, then open loop at half of the broker's paired
+            // maximum), so a busy moment of the shared machine lands on both. The rounds above
+            // stay in the note for comparison.
+            let (slice, slices) = match args.smoke {
+                true => (Duration::from_millis(200), 1),
+                false => (Duration::from_secs(1), 10),
+            };
+            let echo_op = baselines::echo_op(0).await?;
+            let throughput =
+                loadgen::paired_throughput(64, slice, slices, echo_op.clone(), t.op()).await;
+            let half_rate = (throughput.b.throughput() / 2.0).max(1.0);
+            let latency =
+                loadgen::paired_fixed_rate(half_rate, slice, slices, echo_op, t.op()).await;
+            let ratio = median(&throughput.ratios);
+            let p99 = latency.b.quantile_ms(0.99);
+            let mut row = cached.row(
                 "token-broker: cached GetAccessToken",
                 "echo",
-                Some(echo_median),
+                Some(throughput.a.throughput()),
                 Some(ratio),
                 ">= 0.7x echo, p99 <= 2 ms at half load",
                 Some(ratio >= 0.7 && p99 <= 2.0),
                 format!(
-                    "full server stack + tokens:issue check + cache + usage count; ratio per round {}; {:.2}x the token-sized echo",
+                    "paired with the echo in {slices} alternating {slice:?} slices: ratio = median of the slice pairs ({}), latency at {half_rate:.0}/s (half the broker's paired maximum), where the echo's own p50/p99 were {:.2}/{:.2} ms; full server stack + tokens:issue check + cache + usage count; separate rounds gave ratios {} and {:.2}x the token-sized echo",
+                    list(&throughput.ratios),
+                    latency.a.quantile_ms(0.5),
+                    latency.a.quantile_ms(0.99),
                     list(&cached_ratio),
                     median(&sized_ratio)
                 ),
-            ));
+            );
+            row.throughput_per_s = Some(throughput.b.throughput());
+            row.p50_ms = Some(latency.b.quantile_ms(0.5));
+            row.p99_ms = Some(p99);
+            row.latency_quantiles_us = report::quantiles(&latency.b.histogram);
+            rows.push(row);
             t.stop().await;
         }
         if grpc {

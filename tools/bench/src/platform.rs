@@ -44,9 +44,7 @@ pub async fn authenticated_unary(
         readiness: always_ready(),
         shutdown: shutdown.clone(),
     }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let channel = crate::loadgen::grpc_channel(addr).await?;
     let secret = secrecy::SecretString::from(secret);
     // One interceptor, as a real client keeps one (see tokens.rs).
     let interceptor = BearerInterceptor::new(Some(&secret));

@@ -38,6 +38,18 @@ impl CachedTokens {
         loadgen::max_then_half(duration, move |i| op(i)).await
     }
 
+    /// The cached call, as a load generator operation.
+    pub fn op(
+        &self,
+    ) -> impl Fn(u64) -> futures::future::BoxFuture<'static, anyhow::Result<()>>
+    + Send
+    + Sync
+    + Clone
+    + 'static {
+        let op = self.op.clone();
+        move |i| op(i)
+    }
+
     pub async fn stop(self) {
         self.running.stop().await;
         self.sim.shutdown().await;
@@ -76,9 +88,7 @@ pub async fn cached_get_access_token() -> anyhow::Result<CachedTokens> {
         palisade_token_broker::Options::default(),
     )
     .await?;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    let channel = crate::loadgen::grpc_channel(addr).await?;
     let mut client = TokenBrokerServiceClient::with_interceptor(
         channel.clone(),
         BearerInterceptor::new(Some(&secret)),
