@@ -1071,3 +1071,70 @@ async fn ssrf_attempts_are_refused_at_creation_and_at_send_time() {
         .unwrap();
     assert_eq!(listed.len(), 1);
 }
+
+/// With a cache that outlives the test, what the API changes must still reach the very next
+/// delivery on this replica: the cache is cleared by the change, not by its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_changes_reach_the_next_delivery_through_the_cache() {
+    let h = Harness::with(
+        palisade_notifier::engine::EngineSettings {
+            partner_cache_ttl: Duration::from_secs(3600),
+            ..engine_settings()
+        },
+        LOOPBACK,
+    )
+    .await;
+    h.people("en").await;
+    h.settings(|s| s.group_wait_seconds = 0).await;
+    let hook = create_channel(&h, ChannelKind::Webhook, &h.http.url("/hook"), "").await;
+    let channel_id = hook.channel.as_ref().unwrap().channel_id.clone();
+    route_to(&h, vec![channel_id.clone()]).await;
+    let raise = |fingerprint: &'static str| {
+        let h = &h;
+        async move {
+            let a = alert(fingerprint, Severity::Medium as i32, "c1");
+            h.core.handle_envelope(&raised(&a, h.now())).await.unwrap();
+            h.advance(Duration::from_secs(300));
+            h.settle().await;
+        }
+    };
+
+    raise("fp-cache-1").await;
+    let hooks = h.http.at("/hook");
+    assert_eq!(hooks.len(), 1, "the channel and its secret are now cached");
+    assert_eq!(hooks[0].header("webhook-signature").split(' ').count(), 1);
+
+    // A rotation through the API: the next delivery is signed with both secrets.
+    api(&h)
+        .rotate_channel_secret(req(RotateChannelSecretRequest {
+            partner_tenant_id: PARTNER.into(),
+            channel_id: channel_id.clone(),
+            new_secret: String::new(),
+            previous_valid_hours: 1,
+        }))
+        .await
+        .unwrap();
+    raise("fp-cache-2").await;
+    let hooks = h.http.at("/hook");
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(
+        hooks[1].header("webhook-signature").split(' ').count(),
+        2,
+        "the rotated secret signs at once"
+    );
+
+    // A deleted channel gets nothing more.
+    api(&h)
+        .delete_channel(req(DeleteChannelRequest {
+            partner_tenant_id: PARTNER.into(),
+            channel_id,
+        }))
+        .await
+        .unwrap();
+    raise("fp-cache-3").await;
+    assert_eq!(
+        h.http.at("/hook").len(),
+        2,
+        "nothing is sent to a deleted channel"
+    );
+}
