@@ -104,6 +104,63 @@ fn escalation_from_row(r: &AnyRow) -> EscalationRow {
 }
 
 /// `($1,$2,…),(…)`: placeholders for `rows` rows of `cols` values each.
+/// One attempt row per attempt, in one multi-row statement (idempotent on a retry).
+async fn insert_attempts<'a>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    attempts: impl ExactSizeIterator<Item = &'a AttemptRecord>,
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
+         duration_ms) VALUES {} ON CONFLICT (delivery_id, attempt) DO NOTHING",
+        placeholders(attempts.len(), 6)
+    );
+    let mut q = sqlx::query(&sql);
+    for a in attempts {
+        q = q
+            .bind(&a.delivery_id)
+            .bind(i64::from(a.attempt))
+            .bind(a.at)
+            .bind(i64::from(a.http_status))
+            .bind(&a.error)
+            .bind(i64::from(a.duration_ms));
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Per-row values in one UPDATE through `CASE <key> WHEN .. THEN ..`: plain SQL both backends
+/// run. Rows are bound `width` values each (the key first), from bind `$first`.
+struct PerRow {
+    rows: usize,
+    width: usize,
+    first: usize,
+}
+
+impl PerRow {
+    fn new(rows: usize, width: usize, first: usize) -> Self {
+        Self { rows, width, first }
+    }
+
+    /// `WHEN $id THEN $value ..` for the row's `col`-th value (0 is the id).
+    fn case(&self, col: usize) -> String {
+        (0..self.rows)
+            .map(|r| {
+                let id = self.first + r * self.width;
+                format!("WHEN ${id} THEN ${}", id + col)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// `$id, $id, ..`, for `WHERE <key> IN (..)`.
+    fn ids(&self) -> String {
+        (0..self.rows)
+            .map(|r| format!("${}", self.first + r * self.width))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 fn placeholders(rows: usize, cols: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
@@ -277,25 +334,16 @@ async fn write_flushes_in(
 ) -> Result<()> {
     // Rows per statement: 5 binds each in the update.
     for chunk in flushes.chunks(ROWS_PER_STATEMENT / 5) {
-        let n = chunk.len();
-        let case = |col: usize| {
-            (0..n)
-                .map(|r| format!("WHEN ${} THEN ${}", 1 + r * 5, 1 + r * 5 + col))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let keys = (0..n)
-            .map(|r| format!("${}", 1 + r * 5))
-            .collect::<Vec<_>>()
-            .join(",");
+        let rows = PerRow::new(chunk.len(), 5, 1);
+        let keys = rows.ids();
         let sql = format!(
             "UPDATE notify_groups SET flush_seq = CASE group_key {} END, \
              next_flush_at = CASE group_key {} END, last_notified_at = CASE group_key {} END, \
              last_notified_hash = CASE group_key {} END WHERE group_key IN ({keys})",
-            case(1),
-            case(2),
-            case(3),
-            case(4)
+            rows.case(1),
+            rows.case(2),
+            rows.case(3),
+            rows.case(4)
         );
         let mut q = sqlx::query(&sql);
         for (group, c) in chunk {
@@ -1628,41 +1676,17 @@ impl NotifyStore for SqlStore {
         // thousand deliveries a second the single writer was spending its time on round trips.
         let mut tx = self.pool().begin().await?;
         for chunk in attempts.chunks(ROWS_PER_STATEMENT / 2) {
-            let sql = format!(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
-                 duration_ms) VALUES {} ON CONFLICT (delivery_id, attempt) DO NOTHING",
-                placeholders(chunk.len(), 6)
-            );
-            let mut q = sqlx::query(&sql);
-            for a in chunk {
-                q = q
-                    .bind(&a.delivery_id)
-                    .bind(i64::from(a.attempt))
-                    .bind(a.at)
-                    .bind(i64::from(a.http_status))
-                    .bind(&a.error)
-                    .bind(i64::from(a.duration_ms));
-            }
-            q.execute(&mut *tx).await?;
+            insert_attempts(&mut tx, chunk.iter()).await?;
             // Per-row values through CASE on the id: plain SQL that both backends run. Binds:
             // $1 status, $2 now, then (id, attempt, error) per row from $3.
-            let n = chunk.len();
-            let case = |col: usize| {
-                (0..n)
-                    .map(|r| format!("WHEN ${} THEN ${}", 3 + r * 3, 3 + r * 3 + col))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            let ids = (0..n)
-                .map(|r| format!("${}", 3 + r * 3))
-                .collect::<Vec<_>>()
-                .join(",");
+            let rows = PerRow::new(chunk.len(), 3, 3);
+            let ids = rows.ids();
             let sql = format!(
                 "UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, \
                  updated_at = $2, attempts = CASE delivery_id {} END, \
                  last_error = CASE delivery_id {} END WHERE delivery_id IN ({ids})",
-                case(1),
-                case(2)
+                rows.case(1),
+                rows.case(2)
             );
             let mut q = sqlx::query(&sql)
                 .bind(DeliveryStatus::Delivered as i32 as i64)
@@ -1687,42 +1711,18 @@ impl NotifyStore for SqlStore {
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         for chunk in attempts.chunks(ROWS_PER_STATEMENT / 2) {
-            let sql = format!(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, at, http_status, error, \
-                 duration_ms) VALUES {} ON CONFLICT (delivery_id, attempt) DO NOTHING",
-                placeholders(chunk.len(), 6)
-            );
-            let mut q = sqlx::query(&sql);
-            for (a, _) in chunk {
-                q = q
-                    .bind(&a.delivery_id)
-                    .bind(i64::from(a.attempt))
-                    .bind(a.at)
-                    .bind(i64::from(a.http_status))
-                    .bind(&a.error)
-                    .bind(i64::from(a.duration_ms));
-            }
-            q.execute(&mut *tx).await?;
+            insert_attempts(&mut tx, chunk.iter().map(|(a, _)| a)).await?;
             // As in `record_delivered`: per-row values through CASE on the id. Binds: $1
             // status, $2 now, then (id, attempt, error, retry at) per row from $3.
-            let n = chunk.len();
-            let case = |col: usize| {
-                (0..n)
-                    .map(|r| format!("WHEN ${} THEN ${}", 3 + r * 4, 3 + r * 4 + col))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
-            let ids = (0..n)
-                .map(|r| format!("${}", 3 + r * 4))
-                .collect::<Vec<_>>()
-                .join(",");
+            let rows = PerRow::new(chunk.len(), 4, 3);
+            let ids = rows.ids();
             let sql = format!(
                 "UPDATE deliveries SET status = $1, lease_until = NULL, updated_at = $2, \
                  attempts = CASE delivery_id {} END, last_error = CASE delivery_id {} END, \
                  next_attempt_at = CASE delivery_id {} END WHERE delivery_id IN ({ids})",
-                case(1),
-                case(2),
-                case(3)
+                rows.case(1),
+                rows.case(2),
+                rows.case(3)
             );
             let mut q = sqlx::query(&sql)
                 .bind(DeliveryStatus::Retrying as i32 as i64)
