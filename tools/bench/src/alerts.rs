@@ -18,7 +18,6 @@ use palisade_microsoft::{
     partner_center::PartnerCenterClient,
 };
 use secrecy::SecretString;
-use sqlx::Executor;
 
 /// Outbox relays, as alert-ingest runs them by default (`workers.outbox_relays`).
 const RELAYS: usize = 2;
@@ -96,19 +95,8 @@ pub async fn ingest(
     path: Path,
 ) -> anyhow::Result<f64> {
     // A database of its own, dropped afterwards.
-    let name = format!("palisade_bench_alerts_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(database_url)
-        .await?;
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await?;
-    let url = {
-        let mut u = url::Url::parse(database_url)?;
-        u.set_path(&format!("/{name}"));
-        u.to_string()
-    };
+    let scratch = crate::scratch::ScratchDatabase::create(database_url, "alerts").await?;
+    let url = scratch.url.clone();
     let settings = palisade_storage::DatabaseSettings {
         url: SecretString::from(url),
         max_connections: (partners + RELAYS) as u32 + 2,
@@ -215,9 +203,6 @@ pub async fn ingest(
     stop.cancel();
     while relays.join_next().await.is_some() {}
     db.close().await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await?;
-    admin.close().await;
+    scratch.drop().await?;
     Ok(rate)
 }

@@ -207,21 +207,9 @@ pub async fn raw_batched_insert_ingest_rows(
     use palisade_alert_ingest::{model, store::AlertStore};
     use palisade_contracts::events::v1::AlertRaised;
     use prost::Message;
-    use sqlx::Executor;
 
-    let name = format!("palisade_bench_rows_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(database_url)
-        .await?;
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await?;
-    let url = {
-        let mut u = url::Url::parse(database_url)?;
-        u.set_path(&format!("/{name}"));
-        u.to_string()
-    };
+    let scratch = crate::scratch::ScratchDatabase::create(database_url, "rows").await?;
+    let url = scratch.url.clone();
     let db = palisade_storage::Database::connect(
         &palisade_storage::DatabaseSettings {
             url: secrecy::SecretString::from(url.clone()),
@@ -345,9 +333,6 @@ pub async fn raw_batched_insert_ingest_rows(
     }
     let rate = alerts as f64 / start.elapsed().as_secs_f64();
     pool.close().await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await?;
-    admin.close().await;
+    scratch.drop().await?;
     Ok(rate)
 }

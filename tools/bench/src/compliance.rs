@@ -22,7 +22,6 @@ use palisade_contracts::{
     tokens::v1::{self as pb, token_broker_service_client::TokenBrokerServiceClient},
 };
 use secrecy::SecretString;
-use sqlx::Executor;
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -45,30 +44,16 @@ pub struct Outcome {
 
 pub async fn evaluate_many(database_url: &str, customers: usize) -> anyhow::Result<Outcome> {
     // A database of its own, dropped afterwards.
-    let name = format!(
-        "palisade_bench_compliance_{}",
+    let scratch = crate::scratch::ScratchDatabase::create(database_url, "compliance").await?;
+    let url = scratch.url.clone();
+    let dir = std::env::temp_dir().join(format!(
+        "palisade-bench-compliance-{}",
         uuid::Uuid::new_v4().simple()
-    );
-    let admin_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(database_url)
-        .await?;
-    admin_pool
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await?;
-    let url = {
-        let mut u = url::Url::parse(database_url)?;
-        u.set_path(&format!("/{name}"));
-        u.to_string()
-    };
-    let dir = std::env::temp_dir().join(format!("palisade-bench-compliance-{name}"));
+    ));
     std::fs::create_dir_all(&dir)?;
     let outcome = run(&url, &dir, customers).await;
     let _ = std::fs::remove_dir_all(&dir);
-    admin_pool
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await?;
-    admin_pool.close().await;
+    scratch.drop().await?;
     outcome
 }
 

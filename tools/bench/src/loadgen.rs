@@ -197,48 +197,20 @@ pub struct Paired {
     pub b: Sample,
 }
 
-/// Closed loop at `concurrency` for both, in alternating slices: the throughput ratio.
-pub async fn paired_throughput<A, FA, B, FB>(
-    concurrency: usize,
-    slice: Duration,
+/// Runs `a` then `b`, `slices` times each (each call measures one slice), pairing them up.
+pub async fn paired<FA, FB>(
     slices: usize,
-    a: A,
-    b: B,
+    mut a: impl FnMut() -> FA,
+    mut b: impl FnMut() -> FB,
 ) -> Paired
 where
-    A: Fn(u64) -> FA + Send + Sync + Clone + 'static,
-    FA: Future<Output = anyhow::Result<()>> + Send,
-    B: Fn(u64) -> FB + Send + Sync + Clone + 'static,
-    FB: Future<Output = anyhow::Result<()>> + Send,
+    FA: Future<Output = Sample>,
+    FB: Future<Output = Sample>,
 {
     let mut paired = Paired::new();
     for _ in 0..slices {
-        let sa = closed_loop(concurrency, slice, a.clone()).await;
-        let sb = closed_loop(concurrency, slice, b.clone()).await;
-        paired.add(sa, sb);
-    }
-    paired
-}
-
-/// Open loop at the same fixed rate for both, in alternating slices: their latencies under
-/// the same offered load.
-pub async fn paired_fixed_rate<A, FA, B, FB>(
-    rate_per_s: f64,
-    slice: Duration,
-    slices: usize,
-    a: A,
-    b: B,
-) -> Paired
-where
-    A: Fn(u64) -> FA + Send + Sync + Clone + 'static,
-    FA: Future<Output = anyhow::Result<()>> + Send,
-    B: Fn(u64) -> FB + Send + Sync + Clone + 'static,
-    FB: Future<Output = anyhow::Result<()>> + Send,
-{
-    let mut paired = Paired::new();
-    for _ in 0..slices {
-        let sa = fixed_rate(rate_per_s, slice, 64, a.clone()).await;
-        let sb = fixed_rate(rate_per_s, slice, 64, b.clone()).await;
+        let sa = a().await;
+        let sb = b().await;
         paired.add(sa, sb);
     }
     paired

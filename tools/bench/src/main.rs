@@ -16,6 +16,7 @@ mod processes;
 mod refresh_race;
 mod report;
 mod rss;
+mod scratch;
 mod tokens;
 
 mod echo {
@@ -239,11 +240,19 @@ async fn main() -> anyhow::Result<()> {
                 false => (Duration::from_secs(1), 10),
             };
             let echo_op = baselines::echo_op(0).await?;
-            let throughput =
-                loadgen::paired_throughput(64, slice, slices, echo_op.clone(), t.op()).await;
+            let throughput = loadgen::paired(
+                slices,
+                || loadgen::closed_loop(64, slice, echo_op.clone()),
+                || loadgen::closed_loop(64, slice, t.op()),
+            )
+            .await;
             let half_rate = (throughput.b.throughput() / 2.0).max(1.0);
-            let latency =
-                loadgen::paired_fixed_rate(half_rate, slice, slices, echo_op, t.op()).await;
+            let latency = loadgen::paired(
+                slices,
+                || loadgen::fixed_rate(half_rate, slice, 64, echo_op.clone()),
+                || loadgen::fixed_rate(half_rate, slice, 64, t.op()),
+            )
+            .await;
             let ratio = median(&throughput.ratios);
             let p99 = latency.b.quantile_ms(0.99);
             let mut row = cached.row(

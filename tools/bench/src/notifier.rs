@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use palisade_notifier::bench::{Outcome, Workload, run_baseline, run_notifier};
 use secrecy::SecretString;
-use sqlx::Executor;
 
 use crate::report::Row;
 
@@ -32,28 +31,14 @@ async fn on_own_database(
     redis_url: &str,
     w: &Workload,
 ) -> anyhow::Result<Outcome> {
-    let name = format!("palisade_bench_notify_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(database_url)
-        .await?;
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await?;
-    let url = {
-        let mut u = url::Url::parse(database_url)?;
-        u.set_path(&format!("/{name}"));
-        u.to_string()
-    };
+    let scratch = crate::scratch::ScratchDatabase::create(database_url, "notify").await?;
+    let url = scratch.url.clone();
     let settings = palisade_storage::DatabaseSettings {
         url: SecretString::from(url),
         ..Default::default()
     };
     let outcome = run_notifier(settings, queue(redis_url), w).await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await?;
-    admin.close().await;
+    scratch.drop().await?;
     outcome
 }
 

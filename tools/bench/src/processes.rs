@@ -23,7 +23,6 @@ use palisade_contracts::{
     tokens::v1::{self as pb, token_broker_service_client::TokenBrokerServiceClient},
 };
 use secrecy::SecretString;
-use sqlx::Executor;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::report::Row;
@@ -156,26 +155,12 @@ pub async fn measure(
     load: Option<Duration>,
 ) -> anyhow::Result<Vec<Row>> {
     // A database of its own, dropped afterwards.
-    let name = format!("palisade_bench_rss_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(database_url)
-        .await?;
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await?;
-    let url = {
-        let mut u = url::Url::parse(database_url)?;
-        u.set_path(&format!("/{name}"));
-        u.to_string()
-    };
+    let scratch = crate::scratch::ScratchDatabase::create(database_url, "rss").await?;
+    let url = scratch.url.clone();
     let mut children = Children::default();
     let result = run(&url, redis_url, out, load, &mut children).await;
     children.kill_all().await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await?;
-    admin.close().await;
+    scratch.drop().await?;
     result
 }
 

@@ -16,7 +16,6 @@ use palisade_contracts::tokens::v1::{
 };
 use palisade_token_broker::race::{self, Client, Shared};
 use secrecy::SecretString;
-use sqlx::Executor;
 use tokio_util::sync::CancellationToken;
 
 pub const REPLICAS: usize = 20;
@@ -36,24 +35,10 @@ pub struct Outcome {
 
 pub async fn run(database_url: &str, redis_url: &str, windows: usize) -> anyhow::Result<Outcome> {
     // A database of its own, dropped afterwards.
-    let name = format!("palisade_bench_race_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(database_url)
-        .await?;
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await?;
-    let url = {
-        let mut u = url::Url::parse(database_url)?;
-        u.set_path(&format!("/{name}"));
-        u.to_string()
-    };
+    let scratch = crate::scratch::ScratchDatabase::create(database_url, "race").await?;
+    let url = scratch.url.clone();
     let outcome = measure(&url, redis_url, windows).await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await?;
-    admin.close().await;
+    scratch.drop().await?;
     outcome
 }
 
