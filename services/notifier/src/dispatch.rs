@@ -21,7 +21,7 @@ use crate::{
     engine::{LiveChannel, Notifier, stable_id},
     error::Result,
     metrics::Outcome,
-    store::{AttemptRecord, AttemptResult, ChannelRecord, DeliveryRow},
+    store::{AttemptRecord, AttemptResult, ChannelRecord, DeliveryRow, EndpointRoom},
 };
 
 /// A number per channel kind.
@@ -60,6 +60,16 @@ pub struct Limits {
     /// Requests in flight per endpoint, so a slow endpoint cannot take every slot of its
     /// kind and hold back the healthy ones.
     pub concurrency_per_endpoint: usize,
+    /// Consecutive failed attempts (5xx, other refusals, timeouts, no answer; not 429) after
+    /// which an endpoint's circuit breaker opens: its deliveries stay planned, unattempted,
+    /// until one probe attempt at the end of `breaker_open` decides. Zero turns it off.
+    pub breaker_failures: u32,
+    /// How long a breaker stays open before its first probe; doubled after each failed probe.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open: Duration,
+    /// The longest a breaker stays open between probes.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_max: Duration,
 }
 
 impl Default for Limits {
@@ -84,6 +94,10 @@ impl Default for Limits {
                 pagerduty: 2.0,
             },
             concurrency_per_endpoint: 4,
+            // Svix's first retry is 5 s later; its schedule reaches minutes soon after.
+            breaker_failures: 5,
+            breaker_open: Duration::from_secs(5),
+            breaker_open_max: Duration::from_secs(300),
         }
     }
 }
@@ -96,11 +110,45 @@ struct Bucket {
     at: Instant,
 }
 
+/// One endpoint's circuit breaker, in this replica's memory only: the rows it holds back
+/// stay in the store, so a restart or another replica merely probes sooner.
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Consecutive failures while closed.
+    failures: u32,
+    /// While set the breaker is open: nothing but a probe is attempted, and not before this
+    /// time (milliseconds, the notifier's clock).
+    open_until: Option<i64>,
+    /// The current open period, doubled by each failed probe.
+    open_ms: i64,
+}
+
+/// What the breaker lets a delivery do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Send,
+    /// The one attempt that decides whether an open breaker closes.
+    Probe,
+    /// Not attempted: back in the store, due, and left out of claims while the breaker is
+    /// open (or its probe in flight), so a successful probe lets it go at once.
+    Hold,
+}
+
+/// What an attempt says about the endpoint's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    Up,
+    Down,
+    /// Says nothing either way (a 429 is the endpoint alive and pacing us).
+    Unknown,
+}
+
 pub struct Limiter {
     limits: Limits,
     semaphores: HashMap<i32, Arc<Semaphore>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     endpoints: Mutex<HashMap<String, Arc<Semaphore>>>,
+    breakers: Mutex<HashMap<String, Breaker>>,
 }
 
 impl Limiter {
@@ -127,7 +175,105 @@ impl Limiter {
             semaphores,
             buckets: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a delivery to `endpoint` may be attempted at `now`. When an open breaker's
+    /// time is up, the first caller gets the probe and the breaker stays open for another
+    /// period meanwhile, so a probe that never reports (a crash, a deleted channel) is
+    /// followed by another, not by the whole backlog.
+    pub(crate) fn admit(&self, endpoint: &str, now: i64) -> Admission {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(b) = breakers.get_mut(endpoint) else {
+            return Admission::Send;
+        };
+        match b.open_until {
+            None => Admission::Send,
+            Some(until) if now < until => Admission::Hold,
+            Some(_) => {
+                b.open_until = Some(now + b.open_ms);
+                Admission::Probe
+            }
+        }
+    }
+
+    /// Whether an open breaker holds `endpoint`'s deliveries at `now` (before its probe is
+    /// due, or while the probe is in flight), without taking the probe.
+    fn holds(&self, endpoint: &str, now: i64) -> bool {
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers
+            .get(endpoint)
+            .and_then(|b| b.open_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Counts an attempt's outcome. Returns the time the breaker opened until when this
+    /// outcome opened it (or kept it open after a failed probe).
+    pub(crate) fn report(
+        &self,
+        endpoint: &str,
+        health: Health,
+        probe: bool,
+        now: i64,
+    ) -> Option<i64> {
+        let threshold = self.limits.breaker_failures;
+        if threshold == 0 {
+            return None;
+        }
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        match health {
+            Health::Unknown => None,
+            Health::Up => {
+                // Closed again: the held backlog is claimed as usual.
+                breakers.remove(endpoint);
+                None
+            }
+            Health::Down => {
+                if breakers.len() > 50_000 {
+                    breakers.retain(|_, b| b.open_until.is_some());
+                }
+                let b = breakers.entry(endpoint.to_owned()).or_default();
+                let first = self.limits.breaker_open.as_millis() as i64;
+                let max = (self.limits.breaker_open_max.as_millis() as i64).max(first);
+                if b.open_until.is_some() {
+                    // Attempts already in flight when it opened say nothing new; only the
+                    // probe's failure lengthens the wait.
+                    if !probe {
+                        return None;
+                    }
+                    b.open_ms = (b.open_ms * 2).clamp(first, max);
+                } else {
+                    b.failures += 1;
+                    if b.failures < threshold {
+                        return None;
+                    }
+                    b.open_ms = first;
+                }
+                let until = now + b.open_ms;
+                b.open_until = Some(until);
+                Some(until)
+            }
+        }
+    }
+
+    /// Forgets an endpoint's breaker (its channel was disabled: what it holds is suppressed).
+    pub(crate) fn close_breaker(&self, endpoint: &str) {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(endpoint);
+    }
+
+    /// Endpoints whose breaker holds their deliveries at `now`: left out of claims.
+    fn open_endpoints(&self, now: i64, at_most: usize) -> Vec<String> {
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers
+            .iter()
+            .filter(|(_, b)| b.open_until.is_some_and(|until| now < until))
+            .map(|(endpoint, _)| endpoint.clone())
+            .take(at_most)
+            .collect()
     }
 
     fn semaphore(&self, kind: ChannelKind) -> Arc<Semaphore> {
@@ -155,15 +301,41 @@ impl Limiter {
         semaphore.try_acquire_owned().ok()
     }
 
-    /// Endpoints with every slot in flight (slow ones): not worth claiming for until one
-    /// frees, so their backlog waits in the store instead of being claimed and put back.
-    fn busy_endpoints(&self, at_most: usize) -> Vec<String> {
-        let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .filter(|(_, s)| s.available_permits() == 0)
-            .map(|(endpoint, _)| endpoint.clone())
-            .take(at_most)
-            .collect()
+    /// What the next claim may take per endpoint: for one with sends in flight, the slots
+    /// it has left (none for a slow one with all its slots taken), so its backlog waits in
+    /// the store instead of being claimed and put back; none for an open breaker's. With
+    /// `all`, every other endpoint may take its full share; otherwise they are unlimited.
+    fn room(&self, now: i64, all: bool) -> EndpointRoom {
+        // Enough for every busy endpoint in practice; an endpoint left out may be claimed
+        // for beyond its room, and that excess is put back.
+        const LISTED: usize = 256;
+        let cap = self.limits.concurrency_per_endpoint.max(1);
+        let mut listed: Vec<(String, u32)> = self
+            .open_endpoints(now, LISTED)
+            .into_iter()
+            .map(|e| (e, 0))
+            .collect();
+        if all {
+            let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_flight: Vec<(String, u32)> = map
+                .iter()
+                .filter(|(e, s)| {
+                    s.available_permits() < cap && !listed.iter().any(|(l, _)| l == *e)
+                })
+                .map(|(e, s)| (e.clone(), s.available_permits() as u32))
+                .collect();
+            // The busiest first, should there be more than fit.
+            in_flight.sort_by_key(|(_, free)| *free);
+            listed.extend(
+                in_flight
+                    .into_iter()
+                    .take(LISTED.saturating_sub(listed.len())),
+            );
+        }
+        EndpointRoom {
+            each: all.then_some(cap as u32),
+            listed,
+        }
     }
 
     /// Takes a token for the endpoint, or says how long until one is free. The burst is one
@@ -198,9 +370,10 @@ impl Notifier {
     pub async fn dispatch_once(self: &Arc<Self>) -> Result<usize> {
         let now = self.now();
         let lease_until = now + self.settings.lease.as_millis() as i64;
+        let room = self.limits.room(now, false);
         let batch = self
             .store
-            .claim_due(now, lease_until, self.settings.batch_size, &[])
+            .claim_due(now, lease_until, self.settings.batch_size, &room)
             .await?;
         let n = batch.len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -208,7 +381,7 @@ impl Notifier {
             let this = Arc::clone(self);
             tasks.spawn(async move {
                 let id = delivery.delivery.delivery_id.clone();
-                if let Err(e) = this.deliver(delivery).await {
+                if let Err(e) = this.deliver(delivery, None).await {
                     // The lease runs out and another pass takes the delivery over.
                     tracing::error!(delivery_id = %id, error = %e, "delivery failed internally");
                 }
@@ -218,20 +391,20 @@ impl Notifier {
         Ok(n)
     }
 
-    async fn deliver(&self, d: DeliveryRow) -> Result<()> {
+    /// Sends one delivery; `slot` is its endpoint's, when the caller took it already.
+    async fn deliver(
+        &self,
+        d: DeliveryRow,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<()> {
         let kind = crate::channels::kind_of(d.delivery.channel_kind);
-        let endpoint = if d.delivery.channel_id.is_empty() {
-            d.delivery.target.clone()
-        } else {
-            d.delivery.channel_id.clone()
-        };
+        let endpoint = endpoint_of(&d).to_owned();
         if let Some(wait) = self.limits.take(kind, &endpoint) {
             // Over the endpoint's rate: back in line, no attempt spent.
             let now = self.now();
             self.store
                 .release(
-                    &d.delivery.delivery_id,
-                    now + wait.as_millis() as i64 + 1,
+                    &[(&d.delivery.delivery_id, now + wait.as_millis() as i64 + 1)],
                     now,
                 )
                 .await?;
@@ -261,13 +434,25 @@ impl Notifier {
             Some(c) => c.secrets(self.now()),
             None => ChannelSecrets(Vec::new()),
         };
-        let Some(endpoint_slot) = self.limits.endpoint_slot(&endpoint) else {
+        let Some(endpoint_slot) = slot.or_else(|| self.limits.endpoint_slot(&endpoint)) else {
             // The endpoint is busy (slow): step aside briefly instead of holding a slot.
             let now = self.now();
             self.store
-                .release(&d.delivery.delivery_id, now + 1_000, now)
+                .release(&[(&d.delivery.delivery_id, now + 1_000)], now)
                 .await?;
             return Ok(());
+        };
+        let now = self.now();
+        let probe = match self.limits.admit(&endpoint, now) {
+            Admission::Send => false,
+            Admission::Probe => true,
+            Admission::Hold => {
+                // The breaker is open: planned, not attempted, no attempt spent.
+                self.store
+                    .release(&[(&d.delivery.delivery_id, now)], now)
+                    .await?;
+                return Ok(());
+            }
         };
         let permit = self
             .limits
@@ -281,7 +466,32 @@ impl Notifier {
         drop(endpoint_slot);
         drop(secrets);
         let elapsed = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        self.judge_endpoint(&endpoint, &outcome, probe);
         self.settle(&d, channel.as_deref(), &outcome, elapsed).await
+    }
+
+    /// Feeds an attempt's outcome to the endpoint's circuit breaker.
+    fn judge_endpoint(&self, endpoint: &str, outcome: &SendOutcome, probe: bool) {
+        let health = if outcome.success {
+            Health::Up
+        } else if outcome.throttled() {
+            Health::Unknown
+        } else {
+            Health::Down
+        };
+        match self.limits.report(endpoint, health, probe, self.now()) {
+            Some(until) => tracing::warn!(
+                endpoint,
+                retry_in_ms = until - self.now(),
+                "endpoint failing: circuit breaker open, its deliveries wait for a probe"
+            ),
+            None if probe && health == Health::Up => {
+                tracing::info!(endpoint, "endpoint answering again: circuit breaker closed");
+                // What the breaker held is due now.
+                self.wake_dispatch.notify_one();
+            }
+            None => {}
+        }
     }
 
     fn attempt_record(
@@ -486,6 +696,8 @@ impl Notifier {
             .disable_channel(&channel.channel_id, reason)
             .await?;
         self.invalidate_channel(&channel.partner_tenant_id, &channel.channel_id);
+        // What its breaker held is suppressed now rather than held for a probe.
+        self.limits.close_breaker(&channel.channel_id);
         tracing::warn!(channel_id = %channel.channel_id, reason, "channel disabled");
         self.refresh_gauges().await;
         let partner = &channel.partner_tenant_id;
@@ -515,6 +727,16 @@ impl Notifier {
         self.store.insert_deliveries(&deliveries).await?;
         self.wake_dispatch.notify_one();
         Ok(())
+    }
+}
+
+/// What the per-endpoint limits and breaker key on: the channel, or the target of a
+/// channel-less delivery (the same key `claim_due`'s skip list uses).
+fn endpoint_of(d: &DeliveryRow) -> &str {
+    if d.delivery.channel_id.is_empty() {
+        &d.delivery.target
+    } else {
+        &d.delivery.channel_id
     }
 }
 
@@ -606,10 +828,10 @@ impl Notifier {
             }
             let now = self.now();
             let lease_until = now + self.settings.lease.as_millis() as i64;
-            let busy = self.limits.busy_endpoints(256);
+            let room = self.limits.room(now, true);
             let claimed = match self
                 .store
-                .claim_due(now, lease_until, free as u32, &busy)
+                .claim_due(now, lease_until, free as u32, &room)
                 .await
             {
                 Ok(c) => c,
@@ -620,18 +842,40 @@ impl Notifier {
                 }
             };
             let n = claimed.len();
+            // The endpoint's slot is taken here, before the next claim counts what is free.
+            // What cannot go now (its breaker opened since, or a slot was not free after
+            // all) goes back in one statement, not a task and a round trip each.
+            let now = self.now();
+            let mut back: Vec<(String, i64)> = Vec::new();
             for delivery in claimed {
+                let endpoint = endpoint_of(&delivery);
+                if self.limits.holds(endpoint, now) {
+                    back.push((delivery.delivery.delivery_id, now));
+                    continue;
+                }
+                let Some(slot) = self.limits.endpoint_slot(endpoint) else {
+                    back.push((delivery.delivery.delivery_id, now + 1_000));
+                    continue;
+                };
                 let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
                     break;
                 };
                 let this = Arc::clone(&self);
                 tasks.spawn(async move {
                     let id = delivery.delivery.delivery_id.clone();
-                    if let Err(e) = this.deliver(delivery).await {
+                    if let Err(e) = this.deliver(delivery, Some(slot)).await {
                         tracing::error!(delivery_id = %id, error = %e, "delivery failed internally");
                     }
                     drop(permit);
                 });
+            }
+            if !back.is_empty() {
+                let rows: Vec<(&str, i64)> =
+                    back.iter().map(|(id, at)| (id.as_str(), *at)).collect();
+                if let Err(e) = self.store.release(&rows, now).await {
+                    // Their leases run out and a later claim takes them again.
+                    tracing::error!(error = %e, "putting deliveries back failed");
+                }
             }
             if n == free {
                 continue;
@@ -644,7 +888,7 @@ impl Notifier {
             // Everything claimable was claimed, so work due now belongs to busy endpoints:
             // look again shortly (or on new work), not in a tight loop of empty claims for as
             // long as a slow endpoint takes to answer.
-            if wait.is_zero() && !busy.is_empty() {
+            if wait.is_zero() && !room.listed.is_empty() {
                 wait = BUSY_POLL.min(self.settings.poll_interval);
             }
             tokio::select! {

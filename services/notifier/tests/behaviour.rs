@@ -30,13 +30,18 @@ fn api(h: &Harness) -> NotificationApi {
 
 /// A request as the server's auth layer hands it on: verified, for partner A, notify:admin.
 fn req<T>(body: T) -> tonic::Request<T> {
+    req_as(PARTNER, body)
+}
+
+/// The same for another partner's admin.
+fn req_as<T>(partner: &str, body: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(body);
     r.extensions_mut().insert(Principal {
         credential_id: "0123456789abcdef".into(),
-        display_name: "partner-a admin".into(),
+        display_name: format!("{partner} admin"),
         service: false,
         all_partners: false,
-        partners: [PARTNER.to_owned()].into_iter().collect(),
+        partners: [partner.to_owned()].into_iter().collect(),
         scopes: [Scope::NotifyAdmin].into_iter().collect(),
     });
     r
@@ -1136,5 +1141,177 @@ async fn api_changes_reach_the_next_delivery_through_the_cache() {
         h.http.at("/hook").len(),
         2,
         "nothing is sent to a deleted channel"
+    );
+}
+
+/// Partner `partner`: no group wait or interval, one webhook endpoint at `path`, one route to
+/// it. Returns the channel id.
+async fn immediate_webhook(h: &Harness, partner: &str, path: &str) -> String {
+    h.store
+        .set_settings(
+            partner,
+            &PartnerSettings {
+                time_zone: "UTC".into(),
+                digest_hour: 8,
+                group_wait_seconds: 0,
+                group_interval_seconds: 0,
+                repeat_interval_seconds: 4 * 3600,
+                escalation: Vec::new(),
+                default_language: "en".into(),
+            },
+            h.now(),
+        )
+        .await
+        .unwrap();
+    let channel = api(h)
+        .create_channel(req_as(
+            partner,
+            CreateChannelRequest {
+                partner_tenant_id: partner.into(),
+                display_name: path.into(),
+                kind: ChannelKind::Webhook as i32,
+                target: h.http.url(path),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .channel
+        .unwrap();
+    api(h)
+        .create_route(req_as(
+            partner,
+            CreateRouteRequest {
+                partner_tenant_id: partner.into(),
+                route: Some(Route {
+                    display_name: "at once".into(),
+                    channel_ids: vec![channel.channel_id.clone()],
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    channel.channel_id
+}
+
+async fn deliveries_of(h: &Harness, partner: &str) -> Vec<Delivery> {
+    api(h)
+        .list_deliveries(req_as(
+            partner,
+            ListDeliveriesRequest {
+                partner_tenant_id: partner.into(),
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries
+}
+
+/// The `webhook-id`s a path answered 200 to, in order.
+fn accepted(h: &Harness, path: &str, from: usize) -> Vec<String> {
+    h.http.at(path)[from..]
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect()
+}
+
+/// A new alert for each partner, then everything due is sent.
+async fn raise_for_both(h: &Harness, n: u32) {
+    for partner in [PARTNER, OTHER_PARTNER] {
+        let mut a = alert(&format!("fp-breaker-{n}"), Severity::Medium as i32, "c1");
+        a.partner_tenant_id = partner.into();
+        h.core.handle_envelope(&raised(&a, h.now())).await.unwrap();
+    }
+    h.settle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_gets_only_probes_while_its_breaker_is_open() {
+    let mut engine = engine_settings();
+    // Retries come due long before the breaker's probe: the breaker, not the schedule, decides.
+    engine.retry_schedule = vec![Duration::from_secs(5); 10];
+    engine.limits.breaker_failures = 3;
+    engine.limits.breaker_open = Duration::from_secs(60);
+    engine.limits.breaker_open_max = Duration::from_secs(120);
+    let h = Harness::with(engine, LOOPBACK).await;
+    let down = immediate_webhook(&h, PARTNER, "/a-down").await;
+    immediate_webhook(&h, OTHER_PARTNER, "/b-up").await;
+    h.http.default_reply("/a-down", Reply::status(500));
+    // Three failures in a row open A's breaker.
+    for n in 0..3 {
+        raise_for_both(&h, n).await;
+    }
+    assert_eq!(h.http.at("/a-down").len(), 3);
+    // While it is open, A's new notifications are planned and not attempted, even when the
+    // earlier ones' retries come due, and B's endpoint hears about every event at once.
+    for n in 3..6 {
+        h.advance(Duration::from_secs(6));
+        raise_for_both(&h, n).await;
+    }
+    assert_eq!(
+        h.http.at("/a-down").len(),
+        3,
+        "nothing but probes while open"
+    );
+    let a = deliveries_of(&h, PARTNER).await;
+    assert_eq!(a.len(), 6, "{a:?}");
+    assert_eq!(a.iter().filter(|d| d.attempts.is_empty()).count(), 3);
+    assert!(a.iter().all(|d| d.channel_id == down
+        && d.status != DeliveryStatus::Delivered as i32
+        && d.status != DeliveryStatus::Dead as i32));
+    let b = deliveries_of(&h, OTHER_PARTNER).await;
+    assert_eq!(b.len(), 6);
+    assert!(
+        b.iter()
+            .all(|d| d.status == DeliveryStatus::Delivered as i32 && d.attempts.len() == 1),
+        "{b:?}"
+    );
+    let mut b_ids: Vec<String> = b.iter().map(|d| d.delivery_id.clone()).collect();
+    let mut b_heard = accepted(&h, "/b-up", 0);
+    b_ids.sort();
+    b_heard.sort();
+    assert_eq!(b_heard, b_ids, "B heard each of its notifications once");
+
+    // At the end of the open period one probe goes out; it fails, and the breaker stays open
+    // for twice as long.
+    h.advance(Duration::from_secs(60));
+    h.settle().await;
+    assert_eq!(h.http.at("/a-down").len(), 4, "one probe");
+    h.advance(Duration::from_secs(61));
+    h.settle().await;
+    assert_eq!(
+        h.http.at("/a-down").len(),
+        4,
+        "still open after the failed probe"
+    );
+
+    // A recovers: the next probe closes the breaker and everything it held arrives, once each,
+    // with the ids it was planned with.
+    h.http.default_reply("/a-down", Reply::status(200));
+    h.advance(Duration::from_secs(60));
+    h.settle().await;
+    let a = deliveries_of(&h, PARTNER).await;
+    assert!(
+        a.iter()
+            .all(|d| d.status == DeliveryStatus::Delivered as i32),
+        "{a:?}"
+    );
+    let mut a_ids: Vec<String> = a.iter().map(|d| d.delivery_id.clone()).collect();
+    let mut a_heard = accepted(&h, "/a-down", 4);
+    a_ids.sort();
+    a_heard.sort();
+    assert_eq!(
+        a_heard, a_ids,
+        "each held notification arrived once after the recovery"
+    );
+    assert_eq!(
+        h.http.at("/b-up").len(),
+        6,
+        "B was never held back or repeated"
     );
 }

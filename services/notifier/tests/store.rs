@@ -616,7 +616,10 @@ async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
         0,
         "planning is idempotent"
     );
-    let claimed = s.claim_due(T, T + 60_000, 10, &[]).await.unwrap();
+    let claimed = s
+        .claim_due(T, T + 60_000, 10, &EndpointRoom::default())
+        .await
+        .unwrap();
     assert_eq!(
         claimed
             .iter()
@@ -626,14 +629,17 @@ async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
     );
     assert_eq!(claimed[0].status, DeliveryStatus::Sending as i32);
     assert!(
-        s.claim_due(T + 1_000, T + 61_000, 10, &[])
+        s.claim_due(T + 1_000, T + 61_000, 10, &EndpointRoom::default())
             .await
             .unwrap()
             .is_empty(),
         "leased"
     );
     // The sender died: after the lease the delivery is taken over.
-    let retaken = s.claim_due(T + 60_000, T + 120_000, 10, &[]).await.unwrap();
+    let retaken = s
+        .claim_due(T + 60_000, T + 120_000, 10, &EndpointRoom::default())
+        .await
+        .unwrap();
     assert_eq!(retaken.len(), 2);
     let attempt = |n: u32, status: u32| AttemptRecord {
         delivery_id: "d1".into(),
@@ -650,7 +656,7 @@ async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
     )
     .await
     .unwrap();
-    s.release("d2", T + 70_000, T + 60_000).await.unwrap();
+    s.release(&[("d2", T + 70_000)], T + 60_000).await.unwrap();
     let d2 = s.get_delivery("d2").await.unwrap().unwrap();
     assert_eq!(
         (d2.status, d2.attempts, d2.delivery.next_attempt_at),
@@ -663,7 +669,9 @@ async fn deliveries_lease_retry_dead_letter_and_redrive(backend: TestBackend) {
     );
     assert_eq!(s.next_delivery_due().await.unwrap(), Some(T + 65_000));
 
-    s.claim_due(T + 65_000, T + 125_000, 1, &[]).await.unwrap();
+    s.claim_due(T + 65_000, T + 125_000, 1, &EndpointRoom::default())
+        .await
+        .unwrap();
     s.record_attempt(&attempt(2, 503), AttemptResult::Dead, T + 65_000)
         .await
         .unwrap();
@@ -995,7 +1003,13 @@ async fn delivered_in_one_batch_keeps_each_rows_own_attempt(backend: TestBackend
     let ids = ["b1", "b2", "b3", "untouched"];
     let planned: Vec<_> = ids.iter().map(|id| delivery(id, T)).collect();
     s.insert_deliveries(&planned).await.unwrap();
-    assert_eq!(s.claim_due(T, T + 60_000, 10, &[]).await.unwrap().len(), 4);
+    assert_eq!(
+        s.claim_due(T, T + 60_000, 10, &EndpointRoom::default())
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
     let attempt = |id: &str, n: u32| AttemptRecord {
         delivery_id: id.into(),
         attempt: n,
@@ -1095,7 +1109,13 @@ async fn retries_in_one_batch_keep_each_rows_own_time(backend: TestBackend) {
     let ids = ["r1", "r2", "untouched"];
     let planned: Vec<_> = ids.iter().map(|id| delivery(id, T)).collect();
     s.insert_deliveries(&planned).await.unwrap();
-    assert_eq!(s.claim_due(T, T + 60_000, 10, &[]).await.unwrap().len(), 3);
+    assert_eq!(
+        s.claim_due(T, T + 60_000, 10, &EndpointRoom::default())
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     let attempt = |id: &str, n: u32, status: u32| AttemptRecord {
         delivery_id: id.into(),
         attempt: n,
@@ -1165,4 +1185,163 @@ async fn retries_in_one_batch_keep_each_rows_own_time(backend: TestBackend) {
 backend_conformance!(
     retries_in_one_batch_keep_each_rows_own_time,
     retries_in_one_batch_keep_each_rows_own_time
+);
+
+/// Held-back deliveries (a busy endpoint, an open circuit breaker) go back in one statement:
+/// each due again at its own time, with no attempt spent, a retried one still retrying; a
+/// delivery no longer leased (another sender settled it) is left alone.
+async fn released_in_one_batch_keep_each_rows_own_time(backend: TestBackend) {
+    let s = store(&backend).await;
+    // r1 failed once before: it is retrying when claimed again.
+    s.insert_deliveries(&[delivery("r1", T)]).await.unwrap();
+    assert_eq!(
+        s.claim_due(T, T + 60_000, 10, &EndpointRoom::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let failed = AttemptRecord {
+        delivery_id: "r1".into(),
+        attempt: 1,
+        at: T,
+        http_status: 500,
+        error: "http 500".into(),
+        duration_ms: 3,
+    };
+    s.record_attempt(&failed, AttemptResult::RetryAt(T + 5), T)
+        .await
+        .unwrap();
+    let rows: Vec<NewDelivery> = ["r2", "r3", "r4"]
+        .iter()
+        .map(|id| delivery(id, T))
+        .collect();
+    s.insert_deliveries(&rows).await.unwrap();
+    let claimed = s
+        .claim_due(T + 10, T + 60_000, 10, &EndpointRoom::default())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    s.record_delivered(
+        &[AttemptRecord {
+            delivery_id: "r4".into(),
+            attempt: 1,
+            at: T + 11,
+            http_status: 200,
+            error: String::new(),
+            duration_ms: 3,
+        }],
+        T + 11,
+    )
+    .await
+    .unwrap();
+    s.release(
+        &[("r1", T + 5_000), ("r2", T + 7_000), ("r4", T + 9_000)],
+        T + 12,
+    )
+    .await
+    .unwrap();
+    let got = |id: &'static str| {
+        let s = &s;
+        async move {
+            let d = s.get_delivery(id).await.unwrap().unwrap();
+            (d.status, d.attempts, d.delivery.next_attempt_at)
+        }
+    };
+    assert_eq!(
+        got("r1").await,
+        (DeliveryStatus::Retrying as i32, 1, T + 5_000),
+        "a retried delivery stays retrying"
+    );
+    assert_eq!(
+        got("r2").await,
+        (DeliveryStatus::Planned as i32, 0, T + 7_000)
+    );
+    assert_eq!(
+        got("r3").await.0,
+        DeliveryStatus::Sending as i32,
+        "not released"
+    );
+    assert_eq!(
+        got("r4").await.0,
+        DeliveryStatus::Delivered as i32,
+        "a settled delivery is not put back"
+    );
+    // Released rows are claimed again when due, not before.
+    assert!(
+        s.claim_due(T + 4_999, T + 60_000, 10, &EndpointRoom::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again: Vec<String> = s
+        .claim_due(T + 7_000, T + 60_000, 10, &EndpointRoom::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.delivery.delivery_id)
+        .collect();
+    assert_eq!(again, vec!["r1".to_owned(), "r2".to_owned()]);
+}
+backend_conformance!(
+    released_in_one_batch_keep_each_rows_own_time,
+    released_in_one_batch_keep_each_rows_own_time
+);
+
+/// A claim takes at most each endpoint's room, its oldest rows first: none of an endpoint
+/// with no room (a slow one with every slot in flight, an open circuit breaker), and a
+/// channel-less delivery counts against its target. What is left is claimed later.
+async fn a_claim_takes_each_endpoints_room_oldest_first(backend: TestBackend) {
+    let s = store(&backend).await;
+    let row = |id: &str, at: i64, channel: &str, target: &str| NewDelivery {
+        channel_id: channel.into(),
+        target: target.into(),
+        ..delivery(id, at)
+    };
+    let mut rows = Vec::new();
+    for i in 0..5 {
+        rows.push(row(&format!("a{i}"), T + i, "ch-a", "https://a.example/h"));
+    }
+    for i in 0..3 {
+        rows.push(row(
+            &format!("b{i}"),
+            T - 10 + i,
+            "ch-b",
+            "https://b.example/h",
+        ));
+    }
+    for i in 0..2 {
+        rows.push(row(&format!("t{i}"), T + 20 + i, "", "sms:+15550100"));
+    }
+    s.insert_deliveries(&rows).await.unwrap();
+    let ids = |claimed: Vec<DeliveryRow>| {
+        let mut ids: Vec<String> = claimed
+            .into_iter()
+            .map(|d| d.delivery.delivery_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let room = EndpointRoom {
+        each: Some(2),
+        listed: vec![("ch-b".into(), 0), ("sms:+15550100".into(), 1)],
+    };
+    let first = s.claim_due(T + 100, T + 60_000, 10, &room).await.unwrap();
+    assert_eq!(ids(first), vec!["a0", "a1", "t0"]);
+    // The limit still counts oldest first across endpoints.
+    let room = EndpointRoom {
+        each: Some(3),
+        listed: vec![],
+    };
+    let second = s.claim_due(T + 100, T + 60_000, 4, &room).await.unwrap();
+    assert_eq!(ids(second), vec!["a2", "b0", "b1", "b2"]);
+    let rest = s
+        .claim_due(T + 100, T + 60_000, 10, &EndpointRoom::default())
+        .await
+        .unwrap();
+    assert_eq!(ids(rest), vec!["a3", "a4", "t1"]);
+}
+backend_conformance!(
+    a_claim_takes_each_endpoints_room_oldest_first,
+    a_claim_takes_each_endpoints_room_oldest_first
 );

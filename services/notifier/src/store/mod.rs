@@ -219,6 +219,17 @@ pub struct DeliveryRow {
     pub updated_at: i64,
 }
 
+/// How many deliveries a claim may take per endpoint (a channel id, or the target of a
+/// channel-less delivery), so that what one endpoint cannot take now (it is slow, or its
+/// circuit breaker is open) is neither claimed nor put back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointRoom {
+    /// For an endpoint not in `listed`; `None` is no limit.
+    pub each: Option<u32>,
+    /// Endpoints with a room of their own (zero: none of theirs this time).
+    pub listed: Vec<(String, u32)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptRecord {
     pub delivery_id: String,
@@ -390,15 +401,14 @@ pub trait NotifyStore: Send + Sync + 'static {
     // Deliveries.
     async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<u64>;
     /// Leases up to `limit` due deliveries (including ones whose previous lease expired,
-    /// which is how a crashed sender's work is taken over).
-    /// Deliveries to `skip_endpoints` (a channel id, or the target of a channel-less delivery)
-    /// are left for a later claim.
+    /// which is how a crashed sender's work is taken over), oldest first, at most as many
+    /// per endpoint as `room` allows; the rest are left for a later claim.
     async fn claim_due(
         &self,
         now: i64,
         lease_until: i64,
         limit: u32,
-        skip_endpoints: &[String],
+        room: &EndpointRoom,
     ) -> Result<Vec<DeliveryRow>>;
     async fn next_delivery_due(&self) -> Result<Option<i64>>;
     async fn record_attempt(
@@ -418,8 +428,9 @@ pub trait NotifyStore: Send + Sync + 'static {
         failing_channels: &[String],
         now: i64,
     ) -> Result<()>;
-    /// Puts a leased delivery back without counting an attempt (rate limit, shutdown).
-    async fn release(&self, delivery_id: &str, at: i64, now: i64) -> Result<()>;
+    /// Puts leased deliveries back without counting an attempt (rate limit, a busy endpoint,
+    /// an open circuit breaker), each due again at its own time.
+    async fn release(&self, rows: &[(&str, i64)], now: i64) -> Result<()>;
     async fn get_delivery(&self, delivery_id: &str) -> Result<Option<DeliveryRow>>;
     async fn list_deliveries(
         &self,

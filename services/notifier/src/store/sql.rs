@@ -1603,7 +1603,7 @@ impl NotifyStore for SqlStore {
         now: i64,
         lease_until: i64,
         limit: u32,
-        skip_endpoints: &[String],
+        room: &EndpointRoom,
     ) -> Result<Vec<DeliveryRow>> {
         let lock = match self.db.backend() {
             // Replicas claim disjoint rows instead of queueing behind each other's locks.
@@ -1611,23 +1611,36 @@ impl NotifyStore for SqlStore {
             // One connection, one writer: the statement is already exclusive.
             Backend::Sqlite => "",
         };
-        let skip = if skip_endpoints.is_empty() {
-            String::new()
+        // Binds: $1 sending, $2 lease, $3 now, $4 planned, $5 retrying, $6 limit, then the
+        // room: $7 for unlisted endpoints, (endpoint, room) per listed one from $8.
+        let due = "((status IN ($4, $5) AND next_attempt_at <= $3) \
+                   OR (status = $1 AND lease_until <= $3))";
+        let endpoint = "(CASE WHEN channel_id = '' THEN target ELSE channel_id END)";
+        let unlimited = room.each.is_none() && room.listed.is_empty();
+        let candidates = if unlimited {
+            format!("SELECT delivery_id FROM deliveries WHERE {due}")
         } else {
-            let list: Vec<String> = (0..skip_endpoints.len())
-                .map(|i| format!("${}", i + 7))
-                .collect();
+            // Each endpoint's oldest rows, as many as it has room for. The window runs a
+            // level below the row locks (Postgres allows no window beside FOR UPDATE), and
+            // the outer level checks `due` again on the row it locks.
+            let listed = PerRow::new(room.listed.len(), 2, 8);
+            let cap = if room.listed.is_empty() {
+                "$7".to_owned()
+            } else {
+                format!("CASE endpoint {} ELSE $7 END", listed.case(1))
+            };
             format!(
-                "AND (CASE WHEN channel_id = '' THEN target ELSE channel_id END) NOT IN ({})",
-                list.join(",")
+                "SELECT delivery_id FROM deliveries WHERE {due} AND delivery_id IN ( \
+                   SELECT delivery_id FROM ( \
+                     SELECT delivery_id, {endpoint} AS endpoint, ROW_NUMBER() OVER ( \
+                       PARTITION BY {endpoint} ORDER BY next_attempt_at, delivery_id) AS nth \
+                     FROM deliveries WHERE {due}) ranked \
+                   WHERE nth <= {cap})"
             )
         };
         let sql = format!(
             "UPDATE deliveries SET status = $1, lease_until = $2, updated_at = $3 \
-             WHERE delivery_id IN (SELECT delivery_id FROM deliveries \
-               WHERE ((status IN ($4, $5) AND next_attempt_at <= $3) \
-                  OR (status = $1 AND lease_until <= $3)) {skip} \
-               ORDER BY next_attempt_at LIMIT $6 {lock}) \
+             WHERE delivery_id IN ({candidates} ORDER BY next_attempt_at LIMIT $6 {lock}) \
              RETURNING {DELIVERY_COLUMNS}"
         );
         let mut q = sqlx::query(&sql)
@@ -1637,8 +1650,11 @@ impl NotifyStore for SqlStore {
             .bind(DeliveryStatus::Planned as i32 as i64)
             .bind(DeliveryStatus::Retrying as i32 as i64)
             .bind(i64::from(limit));
-        for endpoint in skip_endpoints {
-            q = q.bind(endpoint);
+        if !unlimited {
+            q = q.bind(i64::from(room.each.unwrap_or(limit)));
+            for (endpoint, n) in &room.listed {
+                q = q.bind(endpoint).bind(i64::from(*n));
+            }
         }
         let rows = q.fetch_all(self.pool()).await?;
         let mut claimed: Vec<DeliveryRow> = rows.iter().map(delivery_from_row).collect();
@@ -1755,20 +1771,29 @@ impl NotifyStore for SqlStore {
         Ok(())
     }
 
-    async fn release(&self, delivery_id: &str, at: i64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE deliveries SET status = CASE WHEN attempts = 0 THEN $2 ELSE $3 END, \
-             next_attempt_at = $4, lease_until = NULL, updated_at = $5 \
-             WHERE delivery_id = $1 AND status = $6",
-        )
-        .bind(delivery_id)
-        .bind(DeliveryStatus::Planned as i32 as i64)
-        .bind(DeliveryStatus::Retrying as i32 as i64)
-        .bind(at)
-        .bind(now)
-        .bind(DeliveryStatus::Sending as i32 as i64)
-        .execute(self.pool())
-        .await?;
+    async fn release(&self, rows: &[(&str, i64)], now: i64) -> Result<()> {
+        // One statement for a claim's worth of rows held back (busy endpoints, open
+        // breakers), not one round trip each. Binds: $1 planned, $2 retrying, $3 now, $4
+        // sending, then (id, at) per row from $5.
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let per_row = PerRow::new(chunk.len(), 2, 5);
+            let sql = format!(
+                "UPDATE deliveries SET status = CASE WHEN attempts = 0 THEN $1 ELSE $2 END, \
+                 next_attempt_at = CASE delivery_id {} END, lease_until = NULL, updated_at = $3 \
+                 WHERE status = $4 AND delivery_id IN ({})",
+                per_row.case(1),
+                per_row.ids()
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(DeliveryStatus::Planned as i32 as i64)
+                .bind(DeliveryStatus::Retrying as i32 as i64)
+                .bind(now)
+                .bind(DeliveryStatus::Sending as i32 as i64);
+            for (id, at) in chunk {
+                q = q.bind(*id).bind(*at);
+            }
+            q.execute(self.pool()).await?;
+        }
         Ok(())
     }
 
