@@ -49,6 +49,12 @@ impl Default for EventSettings {
     }
 }
 
+/// A batch handed to the applier, and where to say whether it applied.
+type Applying = (
+    Vec<palisade_contracts::events::v1::Envelope>,
+    tokio::sync::oneshot::Sender<bool>,
+);
+
 /// Runs one consumer loop per topic until `shutdown`.
 pub async fn consume(
     queue: Arc<dyn Queue>,
@@ -56,6 +62,12 @@ pub async fn consume(
     core: Arc<Notifier>,
     shutdown: CancellationToken,
 ) {
+    // The consumers read concurrently but apply through one task, which takes every batch
+    // waiting and applies them in one transaction. Applying them side by side made each
+    // transaction wait for the others' group row locks (every batch touches the same busy
+    // groups), and flushed and planned each group once per batch instead of once.
+    let (applier, batches) = tokio::sync::mpsc::channel::<Applying>(64);
+    let applying = tokio::spawn(apply_batches(batches, settings.batch, Arc::clone(&core)));
     let mut loops = tokio::task::JoinSet::new();
     for topic in settings.topics.clone() {
         for i in 0..settings.consumers_per_topic.max(1) {
@@ -66,11 +78,35 @@ pub async fn consume(
                 topic.clone(),
                 own,
                 Arc::clone(&core),
+                applier.clone(),
                 shutdown.clone(),
             ));
         }
     }
+    drop(applier);
     while loops.join_next().await.is_some() {}
+    let _ = applying.await;
+}
+
+/// Applies the batches waiting, together, until every consumer is gone. A merged batch that
+/// fails is reported to each of its consumers, which then settle their messages one by one.
+async fn apply_batches(
+    mut batches: tokio::sync::mpsc::Receiver<Applying>,
+    batch: usize,
+    core: Arc<Notifier>,
+) {
+    let mut waiting = Vec::new();
+    // Several consumers' batches per transaction, but not unboundedly many.
+    while batches.recv_many(&mut waiting, 8).await > 0 {
+        let mut envelopes = Vec::with_capacity(batch.max(1) * waiting.len());
+        for (e, _) in &mut waiting {
+            envelopes.append(e);
+        }
+        let applied = core.handle_envelopes(&envelopes).await.is_ok();
+        for (_, done) in waiting.drain(..) {
+            let _ = done.send(applied);
+        }
+    }
 }
 
 async fn consume_topic(
@@ -78,6 +114,7 @@ async fn consume_topic(
     topic: String,
     settings: EventSettings,
     core: Arc<Notifier>,
+    applier: tokio::sync::mpsc::Sender<Applying>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -86,7 +123,7 @@ async fn consume_topic(
             .consumer(&topic, &settings.consumer_group, &settings.consumer_name)
             .await;
         let result = match consumer {
-            Ok(mut consumer) => run(&mut *consumer, &settings, &core, &shutdown).await,
+            Ok(mut consumer) => run(&mut *consumer, &settings, &core, &applier, &shutdown).await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -104,6 +141,7 @@ async fn run(
     consumer: &mut dyn Consumer,
     settings: &EventSettings,
     core: &Notifier,
+    applier: &tokio::sync::mpsc::Sender<Applying>,
     shutdown: &CancellationToken,
 ) -> palisade_queue::Result<()> {
     while !shutdown.is_cancelled() {
@@ -116,12 +154,14 @@ async fn run(
             continue;
         }
         let envelopes: Vec<_> = batch.iter().map(|d| d.envelope.clone()).collect();
-        match core.handle_envelopes(&envelopes).await {
-            Ok(_) => consumer.ack_many(&batch).await?,
-            Err(_) => {
-                for d in &batch {
-                    settle_one(consumer, settings, core, d).await?;
-                }
+        let (done, applied) = tokio::sync::oneshot::channel();
+        // Without an applier (it stopped), or when the batch it was in failed: one by one.
+        let applied = applier.send((envelopes, done)).await.is_ok() && applied.await == Ok(true);
+        if applied {
+            consumer.ack_many(&batch).await?;
+        } else {
+            for d in &batch {
+                settle_one(consumer, settings, core, d).await?;
             }
         }
     }
