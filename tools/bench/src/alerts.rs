@@ -2,6 +2,10 @@
 //! outbox in one transaction) and published to Redis by the outbox relay, per second, on the
 //! polling path (Graph pages) and on the webhook-triggered path (inbox row, fetched fraudEvents
 //! page, inbox closed). Microsoft's own latency is left out: this measures Palisade.
+//!
+//! The verdict compares it with the raw batched INSERT of the same rows, which
+//! `baselines::raw_batched_insert_ingest_rows` builds from the same items, partners and pages
+//! (`Path::items`, `pages`, `webhook_notification`), so the two cannot drift apart.
 
 use std::{sync::Arc, time::Instant};
 
@@ -44,7 +48,7 @@ fn iso(ms: i64) -> String {
         .to_string()
 }
 
-pub(crate) fn graph_item(partner: usize, n: usize, now: i64) -> serde_json::Value {
+fn graph_item(partner: usize, n: usize, now: i64) -> serde_json::Value {
     serde_json::json!({
         "id": format!("g-{partner}-{n}"), "displayName": "Action Required: CryptoMining detected",
         "description": "A virtual machine in this subscription connected repeatedly to a known mining pool.",
@@ -84,6 +88,50 @@ fn fraud_item(partner: usize, n: usize, now: i64) -> serde_json::Value {
 pub enum Path {
     Polling,
     Webhook,
+}
+
+impl Path {
+    /// Alerts per page, and so per ingest transaction: a Graph page, or the fraudEvents page one
+    /// webhook's fetch returns.
+    pub(crate) fn page(self) -> usize {
+        match self {
+            Self::Polling => 500,
+            Self::Webhook => 100,
+        }
+    }
+
+    /// The items of one page of `partner`'s alerts, as Microsoft sends them.
+    pub(crate) fn items(self, partner: usize, ns: &[usize], now: i64) -> Vec<serde_json::Value> {
+        ns.iter()
+            .map(|n| match self {
+                Self::Polling => graph_item(partner, *n, now),
+                Self::Webhook => fraud_item(partner, *n, now),
+            })
+            .collect()
+    }
+}
+
+pub(crate) const WEBHOOK_EVENT: &str = "azure-fraud-event-detected";
+
+pub(crate) fn partner_id(partner: usize) -> String {
+    format!("partner-{partner}")
+}
+
+/// Each partner's alert numbers, page by page.
+pub(crate) fn pages(path: Path, per_partner: usize) -> Vec<Vec<usize>> {
+    (0..per_partner)
+        .collect::<Vec<_>>()
+        .chunks(path.page())
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+/// The signed notification that announces a page on the webhook path: (body digest, body).
+pub(crate) fn webhook_notification(partner: usize, first: usize) -> (String, String) {
+    let body = format!(
+        "{{\"EventName\":\"{WEBHOOK_EVENT}\",\"ResourceUri\":\"/v1/fraudEvents?SubscriptionId=s-{first}\",\"n\":{first}}}"
+    );
+    (format!("{partner}-{first}"), body)
 }
 
 /// Returns alerts persisted and published per second, with `partners` ingesting concurrently.
@@ -147,35 +195,27 @@ pub async fn ingest(
 
     let now = chrono::Utc::now().timestamp_millis();
     let per_partner = alerts / partners.max(1);
-    let page = match path {
-        Path::Polling => 500,
-        Path::Webhook => 100,
-    };
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..partners.max(1) {
         let core = Arc::clone(&core);
         tasks.spawn(async move {
-            let partner = format!("partner-{p}");
-            for chunk in (0..per_partner).collect::<Vec<_>>().chunks(page) {
+            let partner = partner_id(p);
+            for chunk in pages(path, per_partner) {
+                let items = path.items(p, &chunk, now);
                 match path {
                     Path::Polling => {
-                        let items = chunk.iter().map(|n| graph_item(p, *n, now)).collect();
                         core.ingest_raw(&partner, AlertSource::Graph, items).await?;
                     }
                     Path::Webhook => {
                         // The receiver's durable write, then the inbox worker's fetch result.
-                        let body = format!(
-                            "{{\"EventName\":\"azure-fraud-event-detected\",\"ResourceUri\":\"/v1/fraudEvents?SubscriptionId=s-{}\",\"n\":{}}}",
-                            chunk[0], chunk[0]
-                        );
-                        let sha = format!("{p}-{}", chunk[0]);
+                        let (sha, body) = webhook_notification(p, chunk[0]);
                         core.store
-                            .insert_webhook(&partner, &sha, "azure-fraud-event-detected", body.as_bytes(), now)
+                            .insert_webhook(&partner, &sha, WEBHOOK_EVENT, body.as_bytes(), now)
                             .await?;
                         let item = core.store.claim_webhooks(now + 1, now + 60_000, 1).await?;
-                        let items = chunk.iter().map(|n| fraud_item(p, *n, now)).collect();
-                        core.ingest_raw(&partner, AlertSource::FraudEvents, items).await?;
+                        core.ingest_raw(&partner, AlertSource::FraudEvents, items)
+                            .await?;
                         if let Some(item) = item.first() {
                             core.store.finish_webhook(&item.inbox_id, &[]).await?;
                         }

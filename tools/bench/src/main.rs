@@ -313,15 +313,16 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     if args.wants("alerts") {
-        // The same number of alert-sized rows, raw, into the same Postgres, in the same run.
+        // The verdict's baseline is the issue's: "a raw batched INSERT of the same rows into the
+        // same Postgres in the same run", i.e. of exactly the rows each path persists per alert
+        // (see `baselines::raw_batched_insert_ingest_rows` and docs/ARCHITECTURE.md,
+        // Benchmarks). The one-row synthetic INSERT stays in the table for information only.
         let n = if args.smoke { 400 } else { 40_000 };
+        let partners = 8;
         let raw = baselines::raw_batched_insert(&args.database_url, n, 500).await?;
-        // A second floor: the same three rows per alert that the path writes, raw.
-        let rows_floor =
-            baselines::raw_batched_insert_ingest_rows(&args.database_url, n, 500).await?;
         rows.push(Row {
-            workload: "baseline: raw batched INSERT of the path's rows".into(),
-            throughput_per_s: Some(rows_floor),
+            workload: "info only: raw batched INSERT of one synthetic row per alert".into(),
+            throughput_per_s: Some(raw),
             p50_ms: None,
             p99_ms: None,
             baseline: "-".into(),
@@ -331,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
             target: "-".into(),
             met: None,
             note: format!(
-                "{n} alerts as alert-ingest stores them (alert row with its indexes, history, outbox event), 500 per statement, one transaction per page; alerts/s"
+                "{n} rows of 1.5 KB with one index, 500 per statement, one writer; not the verdict's baseline: the path persists three rows per alert (four tables on the webhook path)"
             ),
             latency_quantiles_us: Vec::new(),
         });
@@ -342,22 +343,48 @@ async fn main() -> anyhow::Result<()> {
                 "webhook path (inbox + fraudEvents pages of 100)",
             ),
         ] {
-            let rate = alerts::ingest(&args.database_url, &args.redis_url, n, 8, path).await?;
-            let ratio = rate / raw;
+            let floor =
+                baselines::raw_batched_insert_ingest_rows(&args.database_url, path, n, partners)
+                    .await?;
+            rows.push(Row {
+                workload: format!("baseline: raw batched INSERT of the {name}'s rows"),
+                throughput_per_s: Some(floor.rate),
+                p50_ms: None,
+                p99_ms: None,
+                baseline: "-".into(),
+                baseline_value: None,
+                ratio: None,
+                peak_rss_mib: None,
+                target: "-".into(),
+                met: None,
+                note: format!(
+                    "alerts/s; the rows the path persists for {n} alerts (alert row with its indexes and raw payload, history entry, outbox event{}), one transaction per page of {}, fastest of: {}",
+                    match path {
+                        alerts::Path::Polling => "",
+                        alerts::Path::Webhook => ", one inbox row per page",
+                    },
+                    path.page(),
+                    floor.describe()
+                ),
+                latency_quantiles_us: Vec::new(),
+            });
+            let rate =
+                alerts::ingest(&args.database_url, &args.redis_url, n, partners, path).await?;
+            let ratio = rate / floor.rate;
             rows.push(Row {
                 workload: format!("alert-ingest: {name}"),
                 throughput_per_s: Some(rate),
                 p50_ms: None,
                 p99_ms: None,
-                baseline: "raw batched INSERT".into(),
-                baseline_value: Some(raw),
+                baseline: "raw batched INSERT of the same rows".into(),
+                baseline_value: Some(floor.rate),
                 ratio: Some(ratio),
                 peak_rss_mib: rss::current_process_peak_mib(),
-                target: ">= 5000/s and >= 0.5x raw insert".into(),
+                target: ">= 5000/s and >= 0.5x raw insert of the same rows".into(),
                 met: Some(rate >= 5000.0 && ratio >= 0.5),
                 note: format!(
-                    "{n} alerts from 8 partners at once: normalised, row + history + outbox per page, published to Redis by the relay; {:.2}x the raw INSERT of the path's rows",
-                    rate / rows_floor
+                    "{n} alerts from {partners} partners at once: normalised, row + history + outbox per page, published to Redis by the relay; {:.2}x the one-row synthetic INSERT (info only)",
+                    rate / raw
                 ),
                 latency_quantiles_us: Vec::new(),
             });
