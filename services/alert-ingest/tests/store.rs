@@ -876,3 +876,112 @@ backend_conformance!(
     alerts_alike_in_every_shared_field_are_all_kept,
     alerts_alike_in_every_shared_field_are_all_kept_body
 );
+
+/// A page of 1,200 alerts: more than one statement's worth on SQLite (200 alert rows, 500
+/// history or outbox rows per statement) and one array statement per table on Postgres. Every
+/// alert is stored once, with its raw payload, history entry and event; a second page that
+/// updates half of them and resolves a quarter writes exactly those, keeping the raw payload of
+/// the other source.
+async fn a_page_larger_than_a_statement_is_stored_whole_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    let kind = "networkConnectionsToCryptoMiningPools";
+    let page: Vec<_> = (0..1_200)
+        .map(|n| graph(n, "active", "high", kind, NOW - 2 * HOUR))
+        .collect();
+    let first = store.ingest(&page, NOW).await.unwrap();
+    assert_eq!((first.written, first.applied.len()), (1_200, 1_200));
+    let pool = store.database().pool().clone();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<i64, _>(0)
+        }
+    };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM alerts WHERE raw_graph IS NOT NULL AND raw_fraud IS NULL")
+            .await,
+        1_200
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM alert_transitions").await, 1_200);
+    let events = outbox(&store).await;
+    assert_eq!(events.len(), 1_200);
+    assert!(
+        events
+            .iter()
+            .all(|(t, e)| t == "alerts" && e.kind == "alert.raised")
+    );
+    let ids: std::collections::BTreeSet<_> = events.iter().map(|(_, e)| &e.message_id).collect();
+    assert_eq!(
+        ids.len(),
+        1_200,
+        "one event per alert, each its own message id"
+    );
+
+    // Half of them again: every other one with a lower severity, every fourth one resolved.
+    let second: Vec<_> = (0..1_200)
+        .filter(|n| n % 2 == 0)
+        .map(|n| match n % 4 {
+            0 => graph(n, "resolved", "high", kind, NOW - HOUR),
+            _ => graph(n, "active", "low", kind, NOW - HOUR),
+        })
+        .collect();
+    let updated = store.ingest(&second, NOW + 1).await.unwrap();
+    assert_eq!(updated.written, 600);
+    assert_eq!(
+        updated
+            .applied
+            .iter()
+            .filter(|a| a.change == model::ChangeKind::Resolved)
+            .count(),
+        300
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM alerts").await, 1_200);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM alerts WHERE resolved_at IS NOT NULL").await,
+        300
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM alerts WHERE severity = 2 AND resolved_at IS NULL").await,
+        300,
+        "the updated alerts' columns follow their protos"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM alert_transitions").await,
+        1_500,
+        "one history entry per resolution"
+    );
+    assert_eq!(outbox(&store).await.len(), 1_800);
+    // The legacy shape of alert 1: merged into the stored row, which keeps its Graph payload.
+    let stored = store
+        .get_alert(P, &first.applied[1].alert.alert_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let legacy = model::from_fraud_event(
+        P,
+        serde_json::json!({
+            "eventId": "s-1_e", "eventType": "NetworkConnectionsToCryptoMiningPools", "eventStatus": "Active",
+            "customerTenantId": "c-1", "subscriptionId": "s-1", "hitCount": "9",
+            "firstObserved": chrono::DateTime::from_timestamp_millis(page[1].first_observed_at).unwrap()
+                .naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+            "lastObserved": "2020-01-01T00:00:00", "IsTest": "false", "customerFriendlyName": "Contoso"
+        }),
+    )
+    .unwrap();
+    store.ingest(&[legacy], NOW + 2).await.unwrap();
+    let row = sqlx::query("SELECT raw_graph, raw_fraud FROM alerts WHERE alert_id = $1")
+        .bind(stored.alert_id.clone())
+        .fetch_one(store.database().pool())
+        .await
+        .unwrap();
+    assert!(row.get::<Option<String>, _>(0).unwrap().contains("\"g-1\""));
+    assert!(row.get::<Option<String>, _>(1).unwrap().contains("s-1_e"));
+}
+backend_conformance!(
+    a_page_larger_than_a_statement_is_stored_whole,
+    a_page_larger_than_a_statement_is_stored_whole_body
+);
