@@ -297,20 +297,11 @@ async fn main() -> anyhow::Result<()> {
     if args.wants("raw-insert") {
         let rows_n = if args.smoke { 500 } else { 50_000 };
         let rate = baselines::raw_batched_insert(&args.database_url, rows_n, 500).await?;
-        rows.push(Row {
-            workload: "baseline: raw batched INSERT".into(),
-            throughput_per_s: Some(rate),
-            p50_ms: None,
-            p99_ms: None,
-            baseline: "-".into(),
-            baseline_value: None,
-            ratio: None,
-            peak_rss_mib: None,
-            target: "-".into(),
-            met: None,
-            note: format!("{rows_n} alert-sized rows, 500 per statement"),
-            latency_quantiles_us: Vec::new(),
-        });
+        rows.push(Row::info(
+            "baseline: raw batched INSERT",
+            rate,
+            format!("{rows_n} alert-sized rows, 500 per statement"),
+        ));
     }
     if args.wants("alerts") {
         // The verdict's baseline is the issue's: "a raw batched INSERT of the same rows into the
@@ -320,22 +311,9 @@ async fn main() -> anyhow::Result<()> {
         let n = if args.smoke { 400 } else { 40_000 };
         let partners = 8;
         let raw = baselines::raw_batched_insert(&args.database_url, n, 500).await?;
-        rows.push(Row {
-            workload: "info only: raw batched INSERT of one synthetic row per alert".into(),
-            throughput_per_s: Some(raw),
-            p50_ms: None,
-            p99_ms: None,
-            baseline: "-".into(),
-            baseline_value: None,
-            ratio: None,
-            peak_rss_mib: None,
-            target: "-".into(),
-            met: None,
-            note: format!(
+        rows.push(Row::info("info only: raw batched INSERT of one synthetic row per alert", raw, format!(
                 "{n} rows of 1.5 KB with one index, 500 per statement, one writer; not the verdict's baseline: the path persists three rows per alert (four tables on the webhook path)"
-            ),
-            latency_quantiles_us: Vec::new(),
-        });
+            )));
         for (path, name) in [
             (alerts::Path::Polling, "polling path (Graph pages of 500)"),
             (
@@ -346,18 +324,7 @@ async fn main() -> anyhow::Result<()> {
             let floor =
                 baselines::raw_batched_insert_ingest_rows(&args.database_url, path, n, partners)
                     .await?;
-            rows.push(Row {
-                workload: format!("baseline: raw batched INSERT of the {name}'s rows"),
-                throughput_per_s: Some(floor.rate),
-                p50_ms: None,
-                p99_ms: None,
-                baseline: "-".into(),
-                baseline_value: None,
-                ratio: None,
-                peak_rss_mib: None,
-                target: "-".into(),
-                met: None,
-                note: format!(
+            rows.push(Row::info(format!("baseline: raw batched INSERT of the {name}'s rows"), floor.rate, format!(
                     "alerts/s; the rows the path persists for {n} alerts (alert row with its indexes and raw payload, history entry, outbox event{}), one transaction per page of {}, fastest of: {}",
                     match path {
                         alerts::Path::Polling => "",
@@ -365,9 +332,7 @@ async fn main() -> anyhow::Result<()> {
                     },
                     path.page(),
                     floor.describe()
-                ),
-                latency_quantiles_us: Vec::new(),
-            });
+                )));
             let rate =
                 alerts::ingest(&args.database_url, &args.redis_url, n, partners, path).await?;
             let ratio = rate / floor.rate;

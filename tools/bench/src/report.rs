@@ -24,6 +24,30 @@ pub struct Row {
     pub latency_quantiles_us: Vec<(f64, u64)>,
 }
 
+impl Row {
+    /// A row with a throughput and a note only: a baseline or a figure shown for information.
+    pub fn info(
+        workload: impl Into<String>,
+        throughput_per_s: f64,
+        note: impl Into<String>,
+    ) -> Self {
+        Self {
+            workload: workload.into(),
+            throughput_per_s: Some(throughput_per_s),
+            p50_ms: None,
+            p99_ms: None,
+            baseline: "-".into(),
+            baseline_value: None,
+            ratio: None,
+            peak_rss_mib: None,
+            target: "-".into(),
+            met: None,
+            note: note.into(),
+            latency_quantiles_us: Vec::new(),
+        }
+    }
+}
+
 fn fmt(value: Option<f64>, digits: usize) -> String {
     value
         .map(|v| format!("{v:.digits$}"))
