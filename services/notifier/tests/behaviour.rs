@@ -82,16 +82,7 @@ async fn route_to(h: &Harness, channel_ids: Vec<String>) {
 }
 
 async fn deliveries(h: &Harness) -> Vec<Delivery> {
-    api(h)
-        .list_deliveries(req(ListDeliveriesRequest {
-            partner_tenant_id: PARTNER.into(),
-            page_size: 500,
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .deliveries
+    deliveries_of(h, PARTNER).await
 }
 
 /// Splits a raw RFC 5322 message and decodes its subject and text body.
