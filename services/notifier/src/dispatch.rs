@@ -265,6 +265,12 @@ impl Limiter {
             .remove(endpoint);
     }
 
+    /// Endpoints whose breaker is open (held, or waiting for its probe's answer).
+    pub(crate) fn open_breakers(&self) -> i64 {
+        let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers.values().filter(|b| b.open_until.is_some()).count() as i64
+    }
+
     /// Endpoints whose breaker holds their deliveries at `now`: left out of claims.
     fn open_endpoints(&self, now: i64, at_most: usize) -> Vec<String> {
         let breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
@@ -466,12 +472,15 @@ impl Notifier {
         drop(endpoint_slot);
         drop(secrets);
         let elapsed = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
-        self.judge_endpoint(&endpoint, &outcome, probe);
+        self.judge_endpoint(&d, &endpoint, &outcome, probe);
         self.settle(&d, channel.as_deref(), &outcome, elapsed).await
     }
 
-    /// Feeds an attempt's outcome to the endpoint's circuit breaker.
-    fn judge_endpoint(&self, endpoint: &str, outcome: &SendOutcome, probe: bool) {
+    /// Feeds an attempt's outcome to the endpoint's circuit breaker. The log lines name the
+    /// endpoint by partner, kind and channel id, never by its address: a channel-less
+    /// delivery's endpoint is a person's email address or phone number, and the delivery id
+    /// finds it for whoever may see it.
+    fn judge_endpoint(&self, d: &DeliveryRow, endpoint: &str, outcome: &SendOutcome, probe: bool) {
         let health = if outcome.success {
             Health::Up
         } else if outcome.throttled() {
@@ -479,14 +488,29 @@ impl Notifier {
         } else {
             Health::Down
         };
+        let kind = crate::metrics::kind_label(d.delivery.channel_kind);
         match self.limits.report(endpoint, health, probe, self.now()) {
-            Some(until) => tracing::warn!(
-                endpoint,
-                retry_in_ms = until - self.now(),
-                "endpoint failing: circuit breaker open, its deliveries wait for a probe"
-            ),
+            Some(until) => {
+                self.metrics
+                    .breaker_opened(&kind, self.limits.open_breakers());
+                tracing::warn!(
+                    partner_tenant_id = %d.delivery.partner_tenant_id,
+                    channel_kind = %kind,
+                    channel_id = %d.delivery.channel_id,
+                    delivery_id = %d.delivery.delivery_id,
+                    retry_in_ms = until - self.now(),
+                    "endpoint failing: circuit breaker open, its deliveries wait for a probe"
+                );
+            }
             None if probe && health == Health::Up => {
-                tracing::info!(endpoint, "endpoint answering again: circuit breaker closed");
+                self.metrics.breaker_closed(self.limits.open_breakers());
+                tracing::info!(
+                    partner_tenant_id = %d.delivery.partner_tenant_id,
+                    channel_kind = %kind,
+                    channel_id = %d.delivery.channel_id,
+                    delivery_id = %d.delivery.delivery_id,
+                    "endpoint answering again: circuit breaker closed"
+                );
                 // What the breaker held is due now.
                 self.wake_dispatch.notify_one();
             }
@@ -698,6 +722,7 @@ impl Notifier {
         self.invalidate_channel(&channel.partner_tenant_id, &channel.channel_id);
         // What its breaker held is suppressed now rather than held for a probe.
         self.limits.close_breaker(&channel.channel_id);
+        self.metrics.breaker_closed(self.limits.open_breakers());
         tracing::warn!(channel_id = %channel.channel_id, reason, "channel disabled");
         self.refresh_gauges().await;
         let partner = &channel.partner_tenant_id;

@@ -71,6 +71,8 @@ pub struct NotifyMetrics {
     delivery_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     channels_disabled: Family<DisabledLabels, Gauge>,
     dead_letters: Gauge<i64, std::sync::atomic::AtomicI64>,
+    breaker_opens: Family<KindLabel, Counter>,
+    breakers_open: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Every disabled-channel series ever set, so one that empties reads 0 instead of
     /// keeping its last value.
     disabled_seen: Mutex<HashSet<DisabledLabels>>,
@@ -91,6 +93,8 @@ impl NotifyMetrics {
             delivery_seconds: Family::new_with_constructor(latency_histogram),
             channels_disabled: Family::default(),
             dead_letters: Gauge::default(),
+            breaker_opens: Family::default(),
+            breakers_open: Gauge::default(),
             disabled_seen: Mutex::new(HashSet::new()),
         };
         if let Some(r) = registry {
@@ -114,6 +118,16 @@ impl NotifyMetrics {
                 "Deliveries dead-lettered and not redriven",
                 m.dead_letters.clone(),
             );
+            r.register(
+                "notify_breaker_opens",
+                "Endpoint circuit breakers opened, or kept open by a failed probe, by channel kind",
+                m.breaker_opens.clone(),
+            );
+            r.register(
+                "notify_breakers_open",
+                "Endpoints whose circuit breaker is open in this replica (their deliveries wait)",
+                m.breakers_open.clone(),
+            );
         }
         m
     }
@@ -133,6 +147,20 @@ impl NotifyMetrics {
                 channel_kind: kind_label(channel_kind),
             })
             .observe(seconds.max(0.0));
+    }
+
+    /// A breaker opened (or stayed open after a failed probe); `open` is how many are now.
+    pub fn breaker_opened(&self, channel_kind: &str, open: i64) {
+        self.breaker_opens
+            .get_or_create(&KindLabel {
+                channel_kind: channel_kind.to_owned(),
+            })
+            .inc();
+        self.breakers_open.set(open);
+    }
+
+    pub fn breaker_closed(&self, open: i64) {
+        self.breakers_open.set(open);
     }
 
     /// Sets the gauges from the store's counts.

@@ -1229,6 +1229,7 @@ async fn a_failing_endpoint_gets_only_probes_while_its_breaker_is_open() {
     engine.limits.breaker_failures = 3;
     engine.limits.breaker_open = Duration::from_secs(60);
     engine.limits.breaker_open_max = Duration::from_secs(120);
+    let logs = palisade_testkit::capture_logs();
     let h = Harness::with(engine, LOOPBACK).await;
     let down = immediate_webhook(&h, PARTNER, "/a-down").await;
     immediate_webhook(&h, OTHER_PARTNER, "/b-up").await;
@@ -1238,6 +1239,28 @@ async fn a_failing_endpoint_gets_only_probes_while_its_breaker_is_open() {
         raise_for_both(&h, n).await;
     }
     assert_eq!(h.http.at("/a-down").len(), 3);
+    // An operator sees it: on /metrics, and in a log line naming the channel, not its address.
+    let text = h.metrics.render();
+    assert!(text.contains("palisade_notify_breakers_open 1\n"), "{text}");
+    assert!(
+        text.contains("palisade_notify_breaker_opens_total{channel_kind=\"webhook\"} 1\n"),
+        "{text}"
+    );
+    let opened = logs
+        .contents()
+        .lines()
+        .filter(|l| l.contains("circuit breaker open") && l.contains(&down))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert!(
+        opened[0].contains(PARTNER) && opened[0].contains("webhook"),
+        "{opened:?}"
+    );
+    assert!(
+        !opened[0].contains("/a-down"),
+        "the endpoint's address was logged: {opened:?}"
+    );
     // While it is open, A's new notifications are planned and not attempted, even when the
     // earlier ones' retries come due, and B's endpoint hears about every event at once.
     for n in 3..6 {
@@ -1310,5 +1333,12 @@ async fn a_failing_endpoint_gets_only_probes_while_its_breaker_is_open() {
         h.http.at("/b-up").len(),
         6,
         "B was never held back or repeated"
+    );
+    // Opened, kept open by the failed probe, closed by the good one.
+    let text = h.metrics.render();
+    assert!(text.contains("palisade_notify_breakers_open 0\n"), "{text}");
+    assert!(
+        text.contains("palisade_notify_breaker_opens_total{channel_kind=\"webhook\"} 2\n"),
+        "{text}"
     );
 }

@@ -379,6 +379,8 @@ pub struct Harness {
     pub store: Arc<dyn NotifyStore>,
     pub smtp: SmtpServer,
     pub http: Receiver,
+    /// The notifier's series, as the admin port's `/metrics` would render them.
+    pub metrics: palisade_telemetry::Metrics,
 }
 
 /// 2026-11-23T00:00:00Z: a fixed start so digest and escalation times are exact.
@@ -394,7 +396,8 @@ impl Harness {
         let smtp = SmtpServer::start().await;
         let http = Receiver::start().await;
         let clock = ManualClock::at(T0);
-        let core = build_core(&db, clock.clone(), &smtp, &http, engine, ssrf).await;
+        let metrics = palisade_telemetry::Metrics::new();
+        let core = build_core(&db, clock.clone(), &smtp, &http, engine, ssrf, &metrics).await;
         let store = Arc::clone(core.store());
         Self {
             db,
@@ -403,6 +406,7 @@ impl Harness {
             store,
             smtp,
             http,
+            metrics,
         }
     }
 
@@ -485,6 +489,7 @@ pub async fn build_core(
     http: &Receiver,
     engine: EngineSettings,
     ssrf: SsrfPolicy,
+    metrics: &palisade_telemetry::Metrics,
 ) -> Arc<Notifier> {
     let database = Database::connect(&db.settings(), "notify").await.unwrap();
     let store = SqlStore::new(database);
@@ -496,13 +501,7 @@ pub async fn build_core(
     .unwrap();
     let senders = Senders::new(channel_settings(smtp, http, ssrf)).unwrap();
     let clock: SharedClock = clock;
-    Arc::new(Notifier::new(
-        Arc::new(store),
-        cipher,
-        clock,
-        senders,
-        engine,
-    ))
+    Arc::new(Notifier::new(Arc::new(store), cipher, clock, senders, engine).with_metrics(metrics))
 }
 
 pub type SharedClockArc = Arc<ManualClock>;
