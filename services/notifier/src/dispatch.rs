@@ -905,6 +905,11 @@ impl Notifier {
             if n == free {
                 continue;
             }
+            // New work was signalled meanwhile (a commit that planned deliveries, a breaker
+            // closing): claim again now, without first asking the store when work is due.
+            if futures::FutureExt::now_or_never(self.wake_dispatch.notified()).is_some() {
+                continue;
+            }
             let mut wait = match self.store.next_delivery_due().await {
                 Ok(Some(at)) => Duration::from_millis((at - self.now()).clamp(0, i64::MAX) as u64),
                 _ => self.settings.poll_interval,
