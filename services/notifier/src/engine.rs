@@ -814,8 +814,11 @@ impl Notifier {
         view: &PartnerView,
         planned: Option<(&Target, &[Destination])>,
     ) -> Result<FlushDecision> {
-        let firing: Vec<_> = group.items.iter().filter(|i| i.firing).collect();
+        let mut firing: Vec<_> = group.items.iter().filter(|i| i.firing).collect();
         let resolved = group.items.len() - firing.len();
+        // In byte order whatever order the items came in (the database's collation, or a
+        // batch's items merged in memory), so an unchanged group always hashes the same.
+        firing.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
         let mut hasher = Sha256::new();
         for i in &firing {
             hasher.update(format!("{}|{}\n", i.fingerprint, i.severity));

@@ -996,6 +996,137 @@ backend_conformance!(
     a_batch_ends_where_its_events_one_by_one_end
 );
 
+/// A batch that flushes its groups at once (a zero group wait) keeps its items in memory until
+/// the flush has decided, and writes only what the flush leaves. It must end exactly where
+/// applying the same events and then flushing the group on its own ends: the decider sees the
+/// same items, and the group keeps the same items (a resolved one told and gone, a notice told
+/// and gone, a new firing one kept, an older event losing to a newer stored one).
+async fn a_batch_that_flushes_ends_where_a_lone_flush_ends(backend: TestBackend) {
+    let s = store(&backend).await;
+    let event = |partner: &str, id: &str, fp: &str, firing: bool, occurred: i64| {
+        let mut add = group_add(&format!("{partner}/g"), fp, firing);
+        add.summary = format!("{{\"id\":\"{id}\"}}");
+        add.group_wait_ms = 0;
+        add.group_interval_ms = 0;
+        AppliedEvent {
+            message_id: format!("{partner}-{id}"),
+            partner_tenant_id: partner.into(),
+            now: T + 100,
+            occurred_at: occurred,
+            groups: vec![add],
+            ..Default::default()
+        }
+    };
+    // Told while open, with what it holds: the decider tells and keeps the group open while
+    // anything fires, and closes it otherwise.
+    let seen = std::sync::Mutex::new(Vec::new());
+    let tell = |g: &GroupState| -> palisade_notifier::error::Result<Option<FlushCommit>> {
+        seen.lock().unwrap().push(
+            g.items
+                .iter()
+                .map(|i| format!("{}:{}:{}", i.fingerprint, i.firing, i.summary))
+                .collect::<Vec<_>>(),
+        );
+        let firing = g.items.iter().filter(|i| i.firing).count() as i64;
+        Ok(Some(FlushCommit {
+            now: T + 100,
+            deliveries: vec![],
+            notified_hash: Some(format!("h{}", g.flush_seq + 1)),
+            firing,
+            resolved: g.items.len() as i64 - firing,
+            next_flush_at: (firing > 0).then_some(T + 3_600_000),
+        }))
+    };
+    let stored = |partner: &str| {
+        vec![
+            event(partner, "a1", "fp-1", true, T + 1),
+            event(partner, "a2", "fp-4", true, T + 1),
+        ]
+    };
+    let batch = |partner: &str| {
+        vec![
+            event(partner, "b", "fp-1", false, T + 5),
+            event(partner, "c", "fp-2", false, T + 6),
+            event(partner, "d", "fp-3", true, T + 7),
+            event(partner, "e", "fp-4", false, T),
+        ]
+    };
+    for partner in ["lone", "batch"] {
+        for e in stored(partner) {
+            assert!(s.apply_event(&e).await.unwrap());
+        }
+        assert!(
+            s.flush_group(&format!("{partner}/g"), T + 100, &tell)
+                .await
+                .unwrap()
+        );
+    }
+    for e in batch("lone") {
+        assert!(s.apply_event(&e).await.unwrap());
+    }
+    assert!(s.flush_group("lone/g", T + 100, &tell).await.unwrap());
+    let applied = s.apply_events(&batch("batch"), Some(&tell)).await.unwrap();
+    assert!(applied.due.is_empty(), "flushed with the batch");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[0], seen[1], "the first flushes");
+    assert_eq!(
+        seen[2], seen[3],
+        "the batch's flush saw what a lone flush sees"
+    );
+    assert_eq!(
+        seen[3],
+        [
+            "fp-1:false:{\"id\":\"b\"}",
+            "fp-2:false:{\"id\":\"c\"}",
+            "fp-3:true:{\"id\":\"d\"}",
+            "fp-4:true:{\"id\":\"a2\"}",
+        ]
+    );
+    let mut lone = s.load_group("lone/g").await.unwrap().unwrap();
+    let mut batched = s.load_group("batch/g").await.unwrap().unwrap();
+    for g in [&mut lone, &mut batched] {
+        g.group_key.clear();
+        g.partner_tenant_id.clear();
+    }
+    assert_eq!(lone, batched);
+    let kept: Vec<_> = batched
+        .items
+        .iter()
+        .map(|i| i.fingerprint.as_str())
+        .collect();
+    assert_eq!(kept, ["fp-3", "fp-4"], "the told resolved items are gone");
+
+    // Nothing left firing: the group closes and keeps no item.
+    let resolve = |partner: &str| {
+        vec![
+            event(partner, "f", "fp-3", false, T + 8),
+            event(partner, "g", "fp-4", false, T + 8),
+        ]
+    };
+    for e in resolve("lone") {
+        assert!(s.apply_event(&e).await.unwrap());
+    }
+    assert!(s.flush_group("lone/g", T + 100, &tell).await.unwrap());
+    s.apply_events(&resolve("batch"), Some(&tell))
+        .await
+        .unwrap();
+    for partner in ["lone", "batch"] {
+        let g = s
+            .load_group(&format!("{partner}/g"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(g.items.is_empty(), "{partner}: {g:?}");
+        assert_eq!((g.flush_seq, g.next_flush_at), (3, i64::MAX), "{partner}");
+    }
+}
+backend_conformance!(
+    a_batch_that_flushes_ends_where_a_lone_flush_ends,
+    a_batch_that_flushes_ends_where_a_lone_flush_ends
+);
+
 /// The dispatcher's batched success writer: each delivery gets its own attempt row, count and
 /// text, and a delivery outside the batch is left alone.
 async fn delivered_in_one_batch_keeps_each_rows_own_attempt(backend: TestBackend) {

@@ -331,6 +331,7 @@ async fn load_items_in(conn: &mut sqlx::AnyConnection, groups: &mut [GroupState]
 async fn write_flushes_in(
     conn: &mut sqlx::AnyConnection,
     flushes: &[(GroupState, FlushCommit)],
+    unstored: &std::collections::HashSet<(String, String)>,
 ) -> Result<()> {
     // Rows per statement: 5 binds each in the update.
     for chunk in flushes.chunks(ROWS_PER_STATEMENT / 5) {
@@ -387,31 +388,52 @@ async fn write_flushes_in(
         q.execute(&mut *conn).await?;
     }
     // A closed group loses all its items; a notified one its resolved items, which have
-    // been told.
-    for (closing, resolved_only) in [(true, ""), (false, " AND firing = 0")] {
-        let keys: Vec<&str> = flushes
-            .iter()
-            .filter(|(_, c)| {
-                if closing {
-                    c.next_flush_at.is_none()
-                } else {
-                    c.next_flush_at.is_some() && c.notified_hash.is_some()
-                }
-            })
-            .map(|(g, _)| g.group_key.as_str())
-            .collect();
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let list = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let sql = format!("DELETE FROM group_items WHERE group_key IN ({list}){resolved_only}");
-            let mut q = sqlx::query(&sql);
-            for key in chunk {
-                q = q.bind(*key);
-            }
-            q.execute(&mut *conn).await?;
+    // been told (those of them in the store: `unstored` ones were never written).
+    let closing: Vec<&str> = flushes
+        .iter()
+        .filter(|(_, c)| c.next_flush_at.is_none())
+        .map(|(g, _)| g.group_key.as_str())
+        .collect();
+    for chunk in closing.chunks(ROWS_PER_STATEMENT) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!("DELETE FROM group_items WHERE group_key IN ({list})");
+        let mut q = sqlx::query(&sql);
+        for key in chunk {
+            q = q.bind(*key);
         }
+        q.execute(&mut *conn).await?;
+    }
+    let told: Vec<(&str, &str)> = flushes
+        .iter()
+        .filter(|(_, c)| c.next_flush_at.is_some() && c.notified_hash.is_some())
+        .flat_map(|(g, _)| {
+            g.items
+                .iter()
+                .filter(|i| !i.firing)
+                .map(|i| (g.group_key.as_str(), i.fingerprint.as_str()))
+        })
+        .filter(|(g, f)| !unstored.contains(&((*g).to_owned(), (*f).to_owned())))
+        .collect();
+    for chunk in told.chunks(ROWS_PER_STATEMENT / 2) {
+        let pairs = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(group_key = ${} AND fingerprint = ${})",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!("DELETE FROM group_items WHERE {pairs}");
+        let mut q = sqlx::query(&sql);
+        for (group_key, fingerprint) in chunk {
+            q = q.bind(*group_key).bind(*fingerprint);
+        }
+        q.execute(&mut *conn).await?;
     }
     let deliveries: Vec<NewDelivery> = flushes
         .iter()
@@ -419,6 +441,95 @@ async fn write_flushes_in(
         .collect();
     insert_deliveries_in(conn, &deliveries).await?;
     Ok(())
+}
+
+/// Upserts group items; per row the latest `updated_at` wins, as if written one by one.
+async fn write_group_items_in(
+    conn: &mut sqlx::AnyConnection,
+    items: &[(String, GroupItem)],
+) -> Result<()> {
+    // One row per key: a statement may not upsert the same row twice.
+    let mut latest: std::collections::BTreeMap<(&str, &str), &GroupItem> =
+        std::collections::BTreeMap::new();
+    for (group_key, item) in items {
+        latest
+            .entry((group_key, &item.fingerprint))
+            .and_modify(|w| {
+                if item.updated_at >= w.updated_at {
+                    *w = item;
+                }
+            })
+            .or_insert(item);
+    }
+    let items: Vec<_> = latest.into_iter().collect();
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO group_items (group_key, fingerprint, kind, firing, severity, summary, \
+             updated_at) VALUES {} \
+             ON CONFLICT (group_key, fingerprint) DO UPDATE SET kind = excluded.kind, \
+             firing = excluded.firing, severity = excluded.severity, \
+             summary = excluded.summary, updated_at = excluded.updated_at \
+             WHERE group_items.updated_at <= excluded.updated_at",
+            placeholders(chunk.len(), 7)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((group_key, _), i) in chunk {
+            q = q
+                .bind(*group_key)
+                .bind(&i.fingerprint)
+                .bind(&i.kind)
+                .bind(flag(i.firing))
+                .bind(i64::from(i.severity))
+                .bind(&i.summary)
+                .bind(i.updated_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// A batch's unwritten items merged into the groups loaded from the store.
+#[derive(Default)]
+struct Merged {
+    /// (group, fingerprint) of items that exist only in memory.
+    unstored: std::collections::HashSet<(String, String)>,
+    /// (group, fingerprint) of items whose merged value came from the batch.
+    won: std::collections::HashSet<(String, String)>,
+}
+
+/// Adds a batch's unwritten items to the groups loaded from the store, the latest
+/// `updated_at` winning as in `write_group_items_in`, in fingerprint order.
+fn merge_pending(groups: &mut [GroupState], pending: &[(String, GroupItem)]) -> Merged {
+    let mut merged = Merged::default();
+    for group in groups.iter_mut() {
+        let mut touched = false;
+        for (_, item) in pending.iter().filter(|(k, _)| *k == group.group_key) {
+            touched = true;
+            let key = (group.group_key.clone(), item.fingerprint.clone());
+            match group
+                .items
+                .iter_mut()
+                .find(|i| i.fingerprint == item.fingerprint)
+            {
+                Some(stored) if stored.updated_at <= item.updated_at => {
+                    *stored = item.clone();
+                    merged.won.insert(key);
+                }
+                Some(_) => {}
+                None => {
+                    group.items.push(item.clone());
+                    merged.unstored.insert(key.clone());
+                    merged.won.insert(key);
+                }
+            }
+        }
+        if touched {
+            group
+                .items
+                .sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        }
+    }
+    merged
 }
 
 /// Records a batch's message ids in one statement; `true` for each event seen for the first
@@ -463,6 +574,7 @@ async fn apply_run_in(
     tx: &mut sqlx::AnyConnection,
     run: &[&AppliedEvent],
     touched: &mut Touched,
+    pending: &mut Vec<(String, GroupItem)>,
 ) -> Result<()> {
     use std::collections::BTreeMap;
     if run.is_empty() {
@@ -594,30 +706,20 @@ async fn apply_run_in(
         }
         note_touched(&q.fetch_all(&mut *tx).await?, touched);
     }
-    let group_items: Vec<_> = group_items.into_values().collect();
-    for chunk in group_items.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO group_items (group_key, fingerprint, kind, firing, severity, summary, \
-             updated_at) VALUES {} \
-             ON CONFLICT (group_key, fingerprint) DO UPDATE SET kind = excluded.kind, \
-             firing = excluded.firing, severity = excluded.severity, \
-             summary = excluded.summary, updated_at = excluded.updated_at \
-             WHERE group_items.updated_at <= excluded.updated_at",
-            placeholders(chunk.len(), 7)
-        );
-        let mut q = sqlx::query(&sql);
-        for (at, g) in chunk {
-            q = q
-                .bind(&g.group_key)
-                .bind(&g.fingerprint)
-                .bind(&g.kind)
-                .bind(flag(g.firing))
-                .bind(i64::from(g.severity))
-                .bind(&g.summary)
-                .bind(*at);
-        }
-        q.execute(&mut *tx).await?;
-    }
+    // Written by the caller once it knows which of them a flush in this batch consumes.
+    pending.extend(group_items.into_values().map(|(at, g)| {
+        (
+            g.group_key.clone(),
+            GroupItem {
+                fingerprint: g.fingerprint.clone(),
+                kind: g.kind.clone(),
+                firing: g.firing,
+                severity: g.severity,
+                summary: g.summary.clone(),
+                updated_at: at,
+            },
+        )
+    }));
     let digests: Vec<_> = digests.into_values().collect();
     for chunk in digests.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
@@ -1231,16 +1333,22 @@ impl NotifyStore for SqlStore {
         let fresh = claim_message_ids(&mut tx, events).await?;
         let mut touched = Touched::new();
         let mut run: Vec<&AppliedEvent> = Vec::new();
+        // The runs' group items, written at the end: those a flush in this batch tells and
+        // drops at once (a zero group wait) are never written at all.
+        let mut pending: Vec<(String, GroupItem)> = Vec::new();
         for (e, _) in events.iter().zip(&fresh).filter(|(_, f)| **f) {
             if needs_sequential(e) {
-                apply_run_in(&mut tx, &run, &mut touched).await?;
+                apply_run_in(&mut tx, &run, &mut touched, &mut pending).await?;
                 run.clear();
+                // In event order: what this event writes comes after what the run wrote.
+                write_group_items_in(&mut tx, &pending).await?;
+                pending.clear();
                 apply_effects_in(&mut tx, e, &mut touched).await?;
             } else {
                 run.push(e);
             }
         }
-        apply_run_in(&mut tx, &run, &mut touched).await?;
+        apply_run_in(&mut tx, &run, &mut touched, &mut pending).await?;
         let now = events.iter().map(|e| e.now).max().unwrap_or(i64::MIN);
         let due_later = touched.values().any(|g| g.next_flush_at > now);
         let mut due: Vec<GroupState> = touched
@@ -1252,6 +1360,7 @@ impl NotifyStore for SqlStore {
             // The batch holds these groups' row locks already: flushing them here costs a
             // few statements for all of them, instead of a locked transaction each.
             load_items_in(&mut tx, &mut due).await?;
+            let merged = merge_pending(&mut due, &pending);
             let mut flushes = Vec::with_capacity(due.len());
             for group in due {
                 match decide(&group)? {
@@ -1259,10 +1368,37 @@ impl NotifyStore for SqlStore {
                     None => left.push(group),
                 }
             }
-            write_flushes_in(&mut tx, &flushes).await?;
+            write_flushes_in(&mut tx, &flushes, &merged.unstored).await?;
+            // A flushed group's batch items are written as the flush left them: none when it
+            // closed, the firing ones when it told them, all of them otherwise. The rest of
+            // the batch's items are written as they came (an older one loses in the upsert).
+            let mut keep: Vec<(String, GroupItem)> = Vec::new();
+            for (group, commit) in &flushes {
+                let told = commit.notified_hash.is_some();
+                if commit.next_flush_at.is_none() {
+                    continue;
+                }
+                keep.extend(
+                    group
+                        .items
+                        .iter()
+                        .filter(|i| {
+                            merged
+                                .won
+                                .contains(&(group.group_key.clone(), i.fingerprint.clone()))
+                                && (i.firing || !told)
+                        })
+                        .map(|i| (group.group_key.clone(), i.clone())),
+                );
+            }
+            let flushed: std::collections::HashSet<&str> =
+                flushes.iter().map(|(g, _)| g.group_key.as_str()).collect();
+            pending.retain(|(key, _)| !flushed.contains(key.as_str()));
+            pending.extend(keep);
         } else {
             left = due;
         }
+        write_group_items_in(&mut tx, &pending).await?;
         tx.commit().await?;
         Ok(AppliedBatch {
             fresh,
@@ -1333,7 +1469,7 @@ impl NotifyStore for SqlStore {
         let Some(c) = decide(&group)? else {
             return Ok(false);
         };
-        write_flushes_in(&mut tx, &[(group, c)]).await?;
+        write_flushes_in(&mut tx, &[(group, c)], &Default::default()).await?;
         tx.commit().await?;
         Ok(true)
     }
