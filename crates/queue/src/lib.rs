@@ -149,6 +149,15 @@ pub struct QueueStats {
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync {
     async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<()>;
+    /// Publishes several events, as `publish` would one by one; on an error some of them may
+    /// have been published (at-least-once, as with any failed publish). Outbox relays use it to
+    /// send a batch in one round trip.
+    async fn publish_batch(&self, events: &[(&str, &Envelope)]) -> Result<()> {
+        for (topic, envelope) in events {
+            self.publish(topic, envelope).await?;
+        }
+        Ok(())
+    }
     /// Delivered no earlier than `delay` from now (business retries).
     async fn publish_delayed(
         &self,

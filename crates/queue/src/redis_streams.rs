@@ -194,6 +194,35 @@ impl Queue for RedisQueue {
         Ok(())
     }
 
+    /// One pipeline (no MULTI: the events are independent), so a batch costs one round trip
+    /// and one request on the multiplexed connection instead of one per event.
+    async fn publish_batch(&self, events: &[(&str, &Envelope)]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        // A batch is usually one topic: its key is built once, not per event.
+        let mut stream: Option<(&str, String)> = None;
+        for (topic, envelope) in events {
+            if stream.as_ref().is_none_or(|(t, _)| t != topic) {
+                stream = Some((topic, self.keys(topic, "").stream));
+            }
+            let key = stream.as_ref().map(|(_, k)| k.as_str()).unwrap_or_default();
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_stream_length)
+                .arg("*")
+                .arg("e")
+                .arg(envelope.encode_to_vec())
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
     async fn publish_delayed(
         &self,
         topic: &str,

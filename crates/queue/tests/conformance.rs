@@ -93,6 +93,36 @@ async fn delivers_in_order_and_acks(h: Harness) {
 }
 conformance!(delivers_in_order_and_acks);
 
+async fn a_published_batch_arrives_whole_per_topic(h: Harness) {
+    let mut alerts = h.queue.consumer("alerts", "notifier", "c1").await.unwrap();
+    let mut other = h.queue.consumer("other", "notifier", "c1").await.unwrap();
+    let events: Vec<Envelope> = (0..5).map(event).collect();
+    let batch: Vec<(&str, &Envelope)> = events
+        .iter()
+        .enumerate()
+        .map(|(n, e)| (if n == 2 { "other" } else { "alerts" }, e))
+        .collect();
+    h.queue.publish_batch(&batch).await.unwrap();
+    h.queue.publish_batch(&[]).await.unwrap();
+    let got = alerts.next_batch(10, WAIT).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|d| alert_id(&d.envelope))
+            .collect::<Vec<_>>(),
+        ["a-0", "a-1", "a-3", "a-4"]
+    );
+    let got_other = other.next_batch(10, WAIT).await.unwrap();
+    assert_eq!(
+        got_other
+            .iter()
+            .map(|d| alert_id(&d.envelope))
+            .collect::<Vec<_>>(),
+        ["a-2"]
+    );
+    assert_eq!(got[0].envelope.attempt, 1);
+}
+conformance!(a_published_batch_arrives_whole_per_topic);
+
 async fn batches_take_what_is_waiting_and_ack_together(h: Harness) {
     let mut c = h.queue.consumer("alerts", "notifier", "c1").await.unwrap();
     for n in 0..7 {
