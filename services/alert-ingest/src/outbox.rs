@@ -4,10 +4,10 @@
 //!
 //! `palisade_queue::outbox::OutboxRelay` publishes one event at a time, in order: two round
 //! trips per event (XADD, then DELETE), which caps a replica at a few thousand events per
-//! second. Here a batch is published concurrently (the multiplexed Redis connection pipelines
-//! the XADDs) and deleted with one statement. The price is order within a batch, which no
-//! consumer relies on: every consumer already applies events by the producer's time and dedups
-//! on `message_id` (several replicas' relays never kept a global order either). A failed
+//! second. Here a batch is taken and deleted by one statement and published as one pipeline
+//! (`Queue::publish_batch`), committed after the publish returned. Consumers do not rely on
+//! order across batches: every consumer already applies events by the producer's time and
+//! dedups on `message_id` (several replicas' relays never kept a global order either). A failed
 //! publish rolls the batch back; events already published are published again later, which
 //! at-least-once delivery allows.
 
@@ -53,45 +53,48 @@ impl BatchRelay {
     }
 
     /// Publishes one batch; returns how many events went out.
+    ///
+    /// The batch is taken and deleted by one statement, in a transaction that commits only
+    /// after the publish returned: a failed publish (or a crash before the commit) rolls the
+    /// delete back and the rows stay for the next round, so "publish before delete" holds for
+    /// what is committed. One statement instead of a SELECT and a DELETE by a list of seqs
+    /// saves a round trip and a second lookup of every row.
     pub async fn relay_once(&self) -> anyhow::Result<usize> {
         let mut tx = self.db.pool().begin().await?;
-        let select = match self.db.backend() {
+        let take = match self.db.backend() {
             Backend::Postgres => {
-                "SELECT seq, topic, envelope FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING seq, topic, envelope"
             }
-            Backend::Sqlite => "SELECT seq, topic, envelope FROM outbox ORDER BY seq LIMIT $1",
+            Backend::Sqlite => {
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT $1) \
+                 RETURNING seq, topic, envelope"
+            }
         };
-        let rows = sqlx::query(select)
+        let rows = sqlx::query(take)
             .bind(self.batch)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut seqs = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            seqs.push(row.get::<i64, _>(0));
             let topic: String = row.get(1);
             let bytes: Vec<u8> = row.get(2);
-            events.push((topic, Envelope::decode(bytes.as_slice())?));
+            events.push((
+                row.get::<i64, _>(0),
+                topic,
+                Envelope::decode(bytes.as_slice())?,
+            ));
         }
-        // Publish before delete: if any publish fails, the batch stays for the next round.
-        futures::future::try_join_all(
-            events
-                .iter()
-                .map(|(topic, envelope)| self.queue.publish(topic, envelope)),
-        )
-        .await?;
-        for chunk in seqs.chunks(1000) {
-            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("DELETE FROM outbox WHERE seq IN ({})", list.join(", "));
-            let mut query = sqlx::query(&sql);
-            for seq in chunk {
-                query = query.bind(*seq);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        // RETURNING has no order; the batch goes out in the order it was written.
+        events.sort_unstable_by_key(|(seq, _, _)| *seq);
+        let batch: Vec<(&str, &Envelope)> = events
+            .iter()
+            .map(|(_, topic, envelope)| (topic.as_str(), envelope))
+            .collect();
+        self.queue.publish_batch(&batch).await?;
         tx.commit().await?;
         Ok(rows.len())
     }

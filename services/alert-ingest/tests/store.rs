@@ -562,6 +562,56 @@ backend_conformance!(
     the_relay_publishes_every_committed_event_once_body
 );
 
+/// The relay deletes its batch in the statement that takes it: a publish that fails must roll
+/// that delete back. Redis refuses the XADDs for real here (the stream's key holds a string).
+async fn a_failed_publish_leaves_the_batch_in_the_outbox_body(backend: TestBackend) {
+    let store = store(&backend).await;
+    let batch: Vec<_> = (0..5)
+        .map(|n| graph(n, "active", "high", "CryptoMining", NOW - HOUR))
+        .collect();
+    store.ingest(&batch, NOW).await.unwrap();
+    let redis = palisade_testkit::TestRedis::create().await;
+    let prefix = redis.prefix().trim_end_matches(':').to_owned();
+    let queue = palisade_queue::connect(&palisade_queue::QueueSettings {
+        backend: palisade_queue::Backend::Redis,
+        redis_url: Some(redis.url().to_owned().into()),
+        key_prefix: prefix.clone(),
+        allow_unsafe_eviction_policy: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stream = format!("{{{prefix}:alerts}}:stream");
+    let mut conn = redis.connection().await;
+    let () = redis::cmd("SET")
+        .arg(&stream)
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let relay = palisade_alert_ingest::outbox::BatchRelay::new(store.database().clone(), queue, 3);
+    assert!(relay.relay_once().await.is_err(), "the publish fails");
+    assert_eq!(relay.pending().await.unwrap(), 5, "nothing was deleted");
+    let () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 3);
+    assert_eq!(relay.relay_once().await.unwrap(), 2);
+    assert_eq!(relay.pending().await.unwrap(), 0);
+    let len: i64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 5);
+}
+backend_conformance!(
+    a_failed_publish_leaves_the_batch_in_the_outbox,
+    a_failed_publish_leaves_the_batch_in_the_outbox_body
+);
+
 /// Everything an ingest leaves behind, in a form two stores can be compared by: the rows (the
 /// stored proto decoded, since protobuf maps encode in no fixed order), the history entries and
 /// the outbox events (their payloads decoded; message ids and producer times differ by nature).
