@@ -20,7 +20,10 @@ const SECRET_BEARING_MESSAGES: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it was compiled: a build script binary is
+    // shared by checkouts of the same workspace at other paths (git worktrees) that share a
+    // target directory, and a baked-in path points at whichever checkout compiled it.
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "palisade/common/v1/common.proto",
         "palisade/auth/v1/auth.proto",
