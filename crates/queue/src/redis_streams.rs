@@ -179,19 +179,7 @@ fn now_millis() -> i64 {
 #[async_trait::async_trait]
 impl Queue for RedisQueue {
     async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<()> {
-        let keys = self.keys(topic, "");
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("XADD")
-            .arg(&keys.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.max_stream_length)
-            .arg("*")
-            .arg("e")
-            .arg(envelope.encode_to_vec())
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        self.publish_batch(&[(topic, envelope)]).await
     }
 
     /// One pipeline (no MULTI: the events are independent), so a batch costs one round trip
