@@ -501,10 +501,17 @@ struct Merged {
 /// `updated_at` winning as in `write_group_items_in`, in fingerprint order.
 fn merge_pending(groups: &mut [GroupState], pending: &[(String, GroupItem)]) -> Merged {
     let mut merged = Merged::default();
+    // By group, once: a batch can hold hundreds of groups and of items.
+    let mut by_group: std::collections::HashMap<&str, Vec<&GroupItem>> =
+        std::collections::HashMap::new();
+    for (key, item) in pending {
+        by_group.entry(key).or_default().push(item);
+    }
     for group in groups.iter_mut() {
-        let mut touched = false;
-        for (_, item) in pending.iter().filter(|(k, _)| *k == group.group_key) {
-            touched = true;
+        let Some(items) = by_group.get(group.group_key.as_str()) else {
+            continue;
+        };
+        for item in items {
             let key = (group.group_key.clone(), item.fingerprint.clone());
             match group
                 .items
@@ -512,22 +519,20 @@ fn merge_pending(groups: &mut [GroupState], pending: &[(String, GroupItem)]) -> 
                 .find(|i| i.fingerprint == item.fingerprint)
             {
                 Some(stored) if stored.updated_at <= item.updated_at => {
-                    *stored = item.clone();
+                    *stored = (*item).clone();
                     merged.won.insert(key);
                 }
                 Some(_) => {}
                 None => {
-                    group.items.push(item.clone());
+                    group.items.push((*item).clone());
                     merged.unstored.insert(key.clone());
                     merged.won.insert(key);
                 }
             }
         }
-        if touched {
-            group
-                .items
-                .sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
-        }
+        group
+            .items
+            .sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
     }
     merged
 }
