@@ -258,7 +258,7 @@ async fn main() -> anyhow::Result<()> {
             // misses it whatever it serves, so the note says how much the bench waited.
             let waited = match (waited_before, loadgen::run_queue_wait()) {
                 (Some(before), Some(after)) => format!(
-                    "; meanwhile the bench's threads waited {:.0} ms per second for a CPU",
+                    "; meanwhile the bench's threads, summed, waited {:.0} ms per second for a CPU",
                     after.saturating_sub(before).as_secs_f64() * 1000.0
                         / started.elapsed().as_secs_f64()
                 ),
